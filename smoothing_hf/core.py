@@ -1,0 +1,391 @@
+"""Randomized smoothing: Cohen, Rosenfeld and Kolter's PREDICT and CERTIFY (ICML 2019).
+
+The smoothed classifier g(x) = argmax_c P(f(x + e) = c), e ~ N(0, sigma^2 I), for any base classifier f
+that maps a [B, C, H, W] batch of pixels (in [0, 1]; noisy pixels are passed unclipped) to [B, K]
+logits. The noise lives in pixel space, so radii are l2 distances between [0, 1] images.
+
+Where this improves on Cohen's ``core.py``: noise is seeded per (seed, example, phase, chunk) so results
+do not depend on the batch size (``smoothing_hf.noise``); several images share a forward batch when n0
+or n is small; counting is one ``torch.bincount`` per batch; the statistics are vectorized over images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy.stats import beta, binomtest, norm
+
+from .noise import Phase, check_seed, chunk_sizes, derive_seed, noise_chunk
+
+ABSTAIN = -1
+"""The class index returned when the smoothed classifier abstains (its radius is 0.0)."""
+
+PIXEL_TOLERANCE = 1e-4
+"""How far outside [0, 1] a clean pixel may be (rounding in resize/rescale) before it is an error."""
+
+
+class Certificate(NamedTuple):
+    """CERTIFY's answer for one image.
+
+    With probability at least 1 - alpha over the noise, if ``prediction`` is not ``ABSTAIN`` then the
+    smoothed classifier predicts ``prediction`` for every input within l2 distance ``radius`` (pixel space,
+    [0, 1] scale) of the image.
+    """
+
+    prediction: int
+    """The certified class, or ``ABSTAIN`` (-1)."""
+    radius: float
+    """sigma * Phi^-1(pa_lower); 0.0 when abstaining."""
+    pa_lower: float
+    """One-sided (1 - alpha) Clopper-Pearson lower bound of p_A from the estimation draws."""
+    count: int
+    """Estimation draws (of ``n``) whose base prediction was the selected class."""
+    selection_count: int
+    """Selection draws (of ``n0``) whose base prediction was the selected class."""
+    samples: int
+    """Noisy forward passes spent on this image: n0 + n."""
+
+
+def clopper_pearson_lower(successes: np.ndarray, trials: int | np.ndarray, alpha: float) -> np.ndarray:
+    """One-sided (1 - alpha) Clopper-Pearson lower confidence bound of a binomial proportion.
+
+    Equals ``statsmodels``' ``proportion_confint(k, n, alpha=2 * alpha, method="beta")[0]`` that Cohen uses;
+    0.0 where there are no successes.
+    """
+    successes = np.asarray(successes, dtype=np.float64)
+    trials = np.broadcast_to(np.asarray(trials, dtype=np.float64), successes.shape)
+    with np.errstate(invalid="ignore"):
+        bound = beta.ppf(alpha, successes, trials - successes + 1)
+    return np.where(successes > 0, bound, 0.0)
+
+
+def _check_positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be a positive int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"`{name}` must be a positive int (>= 1), got {value}")
+    return int(value)
+
+
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"`alpha` must be a float in (0, 1), got {type(alpha).__name__}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"`alpha` must be in (0, 1), got {alpha}")
+    return float(alpha)
+
+
+def check_sigma(sigma: float) -> float:
+    """Return ``sigma`` as a float if it is a finite positive number, else raise."""
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise TypeError(f"`sigma` must be a positive float (noise std in [0, 1] pixel units), got {type(sigma).__name__}")
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"`sigma` must be a positive finite float (noise std in [0, 1] pixel units), got {sigma}")
+    return float(sigma)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: object) -> Iterator[None]:
+    """Put an ``nn.Module`` in eval mode (no dropout: f must be deterministic) and restore its mode after."""
+    if not isinstance(module, torch.nn.Module):
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+class Smoother:
+    """The smoothed version of ``base_classifier`` at noise level ``sigma``.
+
+    Args:
+        base_classifier: a ``torch.nn.Module`` or callable mapping a [B, C, H, W] float batch of pixels to
+            [B, num_classes] logits (an output with a ``logits`` attribute, such as transformers'
+            ``ImageClassifierOutput``, is accepted too). Noisy pixels reach it unclipped.
+        num_classes: K, the number of classes (>= 2).
+        sigma: noise standard deviation in [0, 1] pixel units.
+        num_channels: if given, images must have this many channels.
+        device: where noise is drawn and the classifier runs; by default the device of the module's first
+            parameter, else the device of the input.
+    """
+
+    def __init__(
+        self,
+        base_classifier: Callable[[torch.Tensor], torch.Tensor],
+        num_classes: int,
+        sigma: float,
+        num_channels: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not callable(base_classifier):
+            raise TypeError(f"`base_classifier` must be a torch.nn.Module or callable, got {type(base_classifier).__name__}")
+        if _check_positive_int(num_classes, "num_classes") < 2:
+            raise ValueError(f"`num_classes` must be >= 2, got {num_classes}")
+        if num_channels is not None:
+            _check_positive_int(num_channels, "num_channels")
+        self.base_classifier = base_classifier
+        self.num_classes = int(num_classes)
+        self.sigma = check_sigma(sigma)
+        self.num_channels = num_channels
+        self.device = torch.device(device) if device is not None else None
+
+    # ------------------------------------------------------------------ public API
+
+    def predict(
+        self, x: torch.Tensor, n: int, alpha: float, batch_size: int, seed: int | Sequence[int] = 0
+    ) -> int | list[int]:
+        """Cohen's PREDICT: the smoothed classifier's class for ``x``, or ``ABSTAIN``.
+
+        Draws ``n`` noisy samples, takes the two most frequent classes (counts nA >= nB) and abstains unless
+        a two-sided binomial test of nA successes in nA + nB trials at p = 0.5 has p-value <= ``alpha``.
+        With probability at least 1 - alpha, a returned class is the smoothed classifier's prediction.
+
+        Args:
+            x: one image [C, H, W] or a batch [B, C, H, W], pixels in [0, 1].
+            n: noisy samples per image.
+            alpha: error probability, in (0, 1).
+            batch_size: noisy samples per forward pass.
+            seed: noise seed. A batch with an int seed gives image i the seed ``derive_seed(seed, i)``;
+                a sequence gives one seed per image.
+
+        Returns:
+            The class index or ``ABSTAIN`` for one image; a list of them for a batch.
+        """
+        n = _check_positive_int(n, "n")
+        alpha = _check_alpha(alpha)
+        batch_size = _check_positive_int(batch_size, "batch_size")
+        images, seeds, single = self._prepare(x, seed)
+        if n < math.log2(2 / alpha):
+            warnings.warn(
+                f"n={n} is too small for alpha={alpha}: PREDICT abstains on every input unless n >= log2(2 / alpha) = "
+                f"{math.log2(2 / alpha):.1f}",
+                stacklevel=2,
+            )
+        counts = self.sample_counts(images, seeds, Phase.PREDICTION, n, batch_size)
+        top_two = np.argsort(-counts, axis=1, kind="stable")[:, :2]
+        rows = np.arange(len(counts))
+        count_a, count_b = counts[rows, top_two[:, 0]], counts[rows, top_two[:, 1]]
+        predictions = [
+            int(c) if binomtest(int(a), int(a + b), 0.5).pvalue <= alpha else ABSTAIN
+            for c, a, b in zip(top_two[:, 0], count_a, count_b)
+        ]
+        return predictions[0] if single else predictions
+
+    def certify(
+        self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, seed: int | Sequence[int] = 0
+    ) -> Certificate | list[Certificate]:
+        """Cohen's CERTIFY: a class and an l2 radius within which the smoothed classifier is constant.
+
+        ``n0`` selection draws choose the top class cA; ``n`` independent estimation draws count nA for cA;
+        pA_lower is the one-sided (1 - alpha) Clopper-Pearson lower bound of nA / n. If pA_lower < 1/2 the
+        answer is ``ABSTAIN`` with radius 0.0, else (cA, sigma * Phi^-1(pA_lower)). With probability at least
+        1 - alpha over the noise, a non-abstaining certificate is correct: g(x + delta) = cA for all
+        ||delta||_2 < radius.
+
+        Args:
+            x: one image [C, H, W] or a batch [B, C, H, W], pixels in [0, 1].
+            n0: selection samples per image.
+            n: estimation samples per image.
+            alpha: error probability, in (0, 1).
+            batch_size: noisy samples per forward pass; images are packed together when n0 or n is smaller.
+            seed: noise seed, as in ``predict``.
+
+        Returns:
+            A ``Certificate`` for one image; a list of them for a batch.
+        """
+        n0 = _check_positive_int(n0, "n0")
+        n = _check_positive_int(n, "n")
+        alpha = _check_alpha(alpha)
+        batch_size = _check_positive_int(batch_size, "batch_size")
+        images, seeds, single = self._prepare(x, seed)
+        if n <= math.log2(1 / alpha):
+            warnings.warn(
+                f"n={n} is too small for alpha={alpha}: CERTIFY abstains on every input unless n > log2(1 / alpha) = "
+                f"{math.log2(1 / alpha):.1f}",
+                stacklevel=2,
+            )
+        selection = self.sample_counts(images, seeds, Phase.SELECTION, n0, batch_size)
+        estimation = self.sample_counts(images, seeds, Phase.ESTIMATION, n, batch_size)
+        certificates = certificates_from_counts(selection, estimation, alpha, self.sigma)
+        return certificates[0] if single else certificates
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample_counts(
+        self,
+        images: torch.Tensor,
+        seeds: Sequence[int],
+        phase: Phase,
+        num_samples: int,
+        batch_size: int,
+        chunks: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Class counts of the base classifier on ``num_samples`` noisy copies of each image.
+
+        Args:
+            images: [B, C, H, W] clean pixels on the sampling device (already checked).
+            seeds: one noise-stream seed per image.
+            phase: which of the image's independent streams to draw.
+            num_samples: length of each image's stream.
+            batch_size: noisy samples per forward pass.
+            chunks: if given, only these chunk indices of each stream are drawn (sample-parallel work
+                split); counts from disjoint chunk sets add up to the full counts.
+
+        Returns:
+            int64 array [B, num_classes].
+        """
+        sizes = chunk_sizes(num_samples)
+        chunk_ids = range(len(sizes)) if chunks is None else chunks
+        work = [(owner, seed, c, sizes[c]) for owner, seed in enumerate(seeds) for c in chunk_ids]
+        num_cells = len(images) * self.num_classes
+        counts = torch.zeros(num_cells, dtype=torch.long, device=images.device)
+        with torch.inference_mode(), _eval_mode(self.base_classifier):
+            for noisy, owners in self._noisy_batches(images, work, phase, batch_size):
+                predictions = self._logits(noisy).argmax(dim=1)
+                counts += torch.bincount(owners * self.num_classes + predictions, minlength=num_cells)
+        return counts.view(len(images), self.num_classes).cpu().numpy()
+
+    def _noisy_batches(
+        self, images: torch.Tensor, work: list[tuple[int, int, int, int]], phase: Phase, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (noisy [b, C, H, W], owner image index [b]) forward batches of at most ``batch_size``.
+
+        ``work`` lists (owner, stream seed, chunk index, chunk size); chunks are written straight into a
+        reused batch buffer (split across two batches when they straddle a boundary), so the draws are
+        those of ``noise_chunk`` whatever the batch size.
+        """
+        shape = tuple(images.shape[1:])
+        device = images.device
+        buffer = torch.empty((min(batch_size, sum(w[3] for w in work)), *shape), device=device)
+        pieces: list[tuple[int, int]] = []
+        filled = 0
+        for owner, seed, chunk, size in work:
+            if size <= len(buffer) - filled:  # common case: draw the chunk straight into the batch buffer
+                chunk_view = buffer[filled : filled + size]
+                noise_chunk(seed, phase, chunk, size, shape, self.sigma, device, out=chunk_view).add_(images[owner])
+                pieces.append((owner, size))
+                filled += size
+            else:  # the chunk straddles a batch boundary: draw it whole, copy it in pieces
+                noise = noise_chunk(seed, phase, chunk, size, shape, self.sigma, device)
+                start = 0
+                while start < size:
+                    take = min(size - start, len(buffer) - filled)
+                    torch.add(noise[start : start + take], images[owner], out=buffer[filled : filled + take])
+                    pieces.append((owner, take))
+                    filled += take
+                    start += take
+                    if filled == len(buffer) and start < size:
+                        yield buffer, _owners(pieces, device)
+                        pieces, filled = [], 0
+            if filled == len(buffer):
+                yield buffer, _owners(pieces, device)
+                pieces, filled = [], 0
+        if filled:
+            yield buffer[:filled], _owners(pieces, device)
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        output = self.base_classifier(batch)
+        logits = getattr(output, "logits", output)
+        if not isinstance(logits, torch.Tensor) or logits.shape != (len(batch), self.num_classes):
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(
+                f"`base_classifier` must return logits of shape [batch, num_classes] = [{len(batch)}, "
+                f"{self.num_classes}], got {got}"
+            )
+        return logits
+
+    # ------------------------------------------------------------------ input checks
+
+    def _prepare(self, x: torch.Tensor, seed: int | Sequence[int]) -> tuple[torch.Tensor, list[int], bool]:
+        """Check ``x`` and ``seed``; return the [B, C, H, W] batch on the device, per-image seeds, and
+        whether ``x`` was a single image."""
+        images = self.check_images(x)
+        single = x.dim() == 3
+        if isinstance(seed, Sequence) and not isinstance(seed, str):
+            seeds = [check_seed(s, "seed") for s in seed]
+            if len(seeds) != len(images):
+                raise ValueError(f"`seed` must be an int or one int per image ({len(images)}), got {len(seeds)} seeds")
+        else:
+            seed = check_seed(seed, "seed")
+            seeds = [seed] if single else [derive_seed(seed, i) for i in range(len(images))]
+        return images.to(device=self._device(images), dtype=torch.float32), seeds, single
+
+    def check_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Check that ``x`` is one image [C, H, W] or a batch [B, C, H, W] of finite pixels in [0, 1];
+        return it as a float [B, C, H, W] batch."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"`x` must be a torch.Tensor of pixels in [0, 1], got {type(x).__name__}")
+        if x.dim() not in (3, 4):
+            raise ValueError(f"`x` must be one image [C, H, W] or a batch [B, C, H, W], got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"`x` must be a float tensor of pixels in [0, 1], got dtype {x.dtype}")
+        images = x.unsqueeze(0) if x.dim() == 3 else x
+        if len(images) == 0:
+            raise ValueError("`x` must hold at least one image, got an empty batch")
+        if self.num_channels is not None and images.shape[1] != self.num_channels:
+            raise ValueError(
+                f"`x` must have {self.num_channels} channels (shape [B, {self.num_channels}, H, W]), got shape "
+                f"{tuple(x.shape)}"
+            )
+        if torch.isnan(images).any():
+            raise ValueError("`x` contains NaN pixels")
+        low, high = images.min().item(), images.max().item()
+        if low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
+            raise ValueError(
+                f"`x` must hold un-normalized pixels in [0, 1], got values in [{low:.4g}, {high:.4g}] (normalization "
+                "is the model's first step; do not pass normalized or 0-255 images)"
+            )
+        return images
+
+    def _device(self, images: torch.Tensor) -> torch.device:
+        if self.device is not None:
+            return self.device
+        if isinstance(self.base_classifier, torch.nn.Module):
+            parameter = next(self.base_classifier.parameters(), None)
+            if parameter is not None:
+                return parameter.device
+        return images.device
+
+
+def certificates_from_counts(
+    selection_counts: np.ndarray, estimation_counts: np.ndarray, alpha: float, sigma: float
+) -> list[Certificate]:
+    """CERTIFY's decision from class counts: [B, K] selection counts (n0 each) and [B, K] estimation counts
+    (n each, independent of the selection draws). Ties in selection go to the lowest class index."""
+    selection_counts = np.asarray(selection_counts)
+    estimation_counts = np.asarray(estimation_counts)
+    n0 = selection_counts.sum(axis=1)
+    n = estimation_counts.sum(axis=1)
+    rows = np.arange(len(selection_counts))
+    top = selection_counts.argmax(axis=1)
+    count_a = estimation_counts[rows, top]
+    pa_lower = clopper_pearson_lower(count_a, n, alpha)
+    certified = pa_lower >= 0.5
+    radii = np.where(certified, sigma * norm.ppf(np.maximum(pa_lower, 0.5)), 0.0)
+    return [
+        Certificate(
+            prediction=int(top[i]) if certified[i] else ABSTAIN,
+            radius=float(radii[i]),
+            pa_lower=float(pa_lower[i]),
+            count=int(count_a[i]),
+            selection_count=int(selection_counts[i, top[i]]),
+            samples=int(n0[i] + n[i]),
+        )
+        for i in rows
+    ]
+
+
+def _owners(pieces: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """Expand (owner, count) runs into one owner index per sample."""
+    owners, counts = zip(*pieces)
+    return torch.repeat_interleave(torch.tensor(owners, device=device), torch.tensor(counts, device=device))

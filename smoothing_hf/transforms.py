@@ -1,0 +1,58 @@
+"""Dataset transforms that resize and rescale images to [0, 1] pixels without normalizing them.
+
+Noise is added in [0, 1] pixel space (DESIGN.md contract 1), so normalization is the model's job, not
+the dataset's. We reuse the base model's own image processor for resizing so that images reach the model
+at the size it was trained at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+def _needs_rescale(image: ImageLike) -> bool:
+    """PIL images and integer arrays are 0-255 and need rescaling; float arrays must already be in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return True
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        floating = image.is_floating_point() if isinstance(image, torch.Tensor) else np.issubdtype(image.dtype, np.floating)
+        if not floating:
+            return True
+        low, high = float(image.min()), float(image.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"float images must hold pixels in [0, 1], got values in [{low:.4g}, {high:.4g}]")
+        return False
+    raise TypeError(f"images must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}")
+
+
+class PixelTransform:
+    """Resize images with ``image_processor`` and return pixels in [0, 1], un-normalized.
+
+    Call with one image (returns [C, H, W]) or a sequence of images (returns [B, C, H, W]). PIL images and
+    integer arrays are divided by 255; float arrays and tensors are taken as already in [0, 1] and are
+    never rescaled a second time.
+    """
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        if not batch:
+            raise ValueError("`images` must hold at least one image")
+        rescale = {_needs_rescale(image) for image in batch}
+        if len(rescale) > 1:
+            raise ValueError("`images` mixes 0-255 and [0, 1] images; pass one kind per call")
+        pixels = self.image_processor(
+            batch, do_normalize=False, do_rescale=rescale.pop(), return_tensors="pt"
+        )["pixel_values"]
+        pixels = pixels.float()
+        return pixels[0] if single else pixels
