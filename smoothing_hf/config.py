@@ -28,7 +28,11 @@ class SmoothingConfig:
     )
     base_model_revision: str | None = field(default=None, metadata={"help": "Revision (commit) of the base model."})
     peft_method: str | None = field(
-        default=None, metadata={"help": "Parameter-efficient fine-tuning method of the adapter, if any."}
+        default=None, metadata={"help": "Fine-tuning method of the adapter (a name in smoothing_hf.methods.METHODS), if any."}
+    )
+    method_options: dict = field(default_factory=dict, metadata={"help": "Options the method was applied with."})
+    id2label: dict[str, str] | None = field(
+        default=None, metadata={"help": "Class names of the classification head (recorded when saving)."}
     )
 
     def __post_init__(self) -> None:
@@ -47,6 +51,8 @@ class SmoothingConfig:
             )
         if min(self.image_std) <= 0:
             raise ValueError(f"`image_std` must be positive, got {self.image_std}")
+        if self.id2label is not None:
+            self.id2label = {str(key): str(value) for key, value in self.id2label.items()}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
