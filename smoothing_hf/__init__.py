@@ -3,23 +3,48 @@ with the base model adapted to Gaussian noise by parameter-efficient fine-tuning
 
 from .config import SMOOTHING_CONFIG_NAME, SmoothingConfig
 from .core import ABSTAIN, Certificate, Smoother, certificates_from_counts, clopper_pearson_lower
+from .data import (
+    EMBEDDED_DATASETS,
+    ImageClassificationTransform,
+    check_labels,
+    class_names,
+    load_image_dataset,
+    num_classes,
+    prepare_columns,
+)
+from .methods import METHODS, apply_method, trainable_parameters
 from .modeling import SmoothedImageClassifier
-from .noise import NOISE_CHUNK_SIZE, Phase, derive_seed
+from .noise import NOISE_CHUNK_SIZE, NoiseCollator, Phase, derive_seed
+from .pipeline import certify
+from .trainer import SmoothingTrainer
 from .transforms import PixelTransform
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ABSTAIN",
+    "EMBEDDED_DATASETS",
+    "METHODS",
     "NOISE_CHUNK_SIZE",
     "SMOOTHING_CONFIG_NAME",
     "Certificate",
+    "ImageClassificationTransform",
+    "NoiseCollator",
     "Phase",
     "PixelTransform",
     "SmoothedImageClassifier",
     "Smoother",
     "SmoothingConfig",
+    "SmoothingTrainer",
+    "apply_method",
     "certificates_from_counts",
+    "certify",
+    "check_labels",
+    "class_names",
     "clopper_pearson_lower",
     "derive_seed",
+    "load_image_dataset",
+    "num_classes",
+    "prepare_columns",
+    "trainable_parameters",
 ]

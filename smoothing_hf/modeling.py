@@ -23,7 +23,7 @@ from transformers.utils import cached_file
 
 from .config import SMOOTHING_CONFIG_NAME, SmoothingConfig
 from .core import Certificate, Smoother
-from .methods import METHODS, apply_method
+from .methods import METHODS, apply_method, head_module_names
 from .transforms import PixelTransform
 
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
@@ -79,6 +79,7 @@ class SmoothedImageClassifier(torch.nn.Module):
         method: str | None = None,
         method_options: dict[str, Any] | None = None,
         peft_config: PeftConfig | None = None,
+        new_labels: Sequence[str] | None = None,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         **model_kwargs: Any,
@@ -91,9 +92,10 @@ class SmoothedImageClassifier(torch.nn.Module):
         ``AutoModelForImageClassification``: its normalization comes from ``AutoImageProcessor``
         (``image_mean``/``image_std`` override it, and are required when there is no processor), and
         ``method`` (a ``smoothing_hf.methods.METHODS`` name, with ``method_options``) or a ``peft_config``
-        prepares it for fine-tuning. ``model_kwargs`` go to the model loader (e.g. ``num_labels``,
-        ``id2label``, ``ignore_mismatched_sizes`` for a new head); the Hub arguments among them (revision,
-        token, cache_dir, local_files_only, ...) go to every file download.
+        prepares it for fine-tuning. ``new_labels`` (class names) gives the base a new, freshly initialized
+        classification head for a downstream label set (joint adaptation). ``model_kwargs`` go to the model
+        loader; the Hub arguments among them (revision, token, cache_dir, local_files_only, ...) go to every
+        file download.
         """
         hub_kwargs = {k: v for k, v in model_kwargs.items() if k in HUB_KWARGS}
         config_file = cached_file(
@@ -112,7 +114,19 @@ class SmoothedImageClassifier(torch.nn.Module):
             )
         if method is not None and peft_config is not None:
             raise ValueError("pass either `method` or `peft_config`, not both")
+        if new_labels is not None:
+            if not new_labels or len(set(new_labels)) != len(new_labels):
+                raise ValueError(f"`new_labels` must be distinct class names, at least one, got {new_labels!r}")
+            model_kwargs.update(
+                num_labels=len(new_labels), id2label=dict(enumerate(new_labels)),
+                label2id={name: i for i, name in enumerate(new_labels)}, ignore_mismatched_sizes=True,
+            )
         model = AutoModelForImageClassification.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
+        if new_labels is not None:  # fresh even when the old head had the same shape
+            for head in head_module_names(model):
+                for module in model.get_submodule(head).modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
         image_processor = _load_image_processor(pretrained_model_name_or_path, hub_kwargs)
         if image_processor is None and (image_mean is None or image_std is None):
             raise ValueError(

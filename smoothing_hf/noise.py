@@ -73,3 +73,114 @@ def noise_chunk(
     if out is None:
         out = torch.empty((size, *shape), device=device)
     return out.normal_(0.0, sigma, generator=generator)
+
+
+class NoiseCollator:
+    """Data collator for training under Gaussian noise: stacks examples and adds N(0, sigma^2 I) in pixel space.
+
+    Each example is a dict with ``"pixel_values"`` (float [C, H, W], pixels in [0, 1], un-normalized) and
+    ``"labels"`` or ``"label"`` (int). The batch is ``{"pixel_values": [B * m, C, H, W], "labels": [B * m]}``
+    with m = ``num_noise_samples`` noisy copies per example, the copies of example i contiguous (rows
+    i * m .. i * m + m - 1) and its label repeated alongside. The noise is exact: noisy pixels are not
+    clipped (DESIGN.md contract 1). Examples without labels (all of them) give a batch without ``"labels"``.
+
+    Reproducible: one ``torch.Generator`` seeded with ``seed`` draws the noise, so the same sequence of
+    batches gets the same noise; ``reset()`` starts the stream again (the trainer resets its evaluation
+    collator before every evaluation). In a ``DataLoader`` worker process the generator is reseeded from
+    (``seed``, the worker's seed), so workers do not repeat each other's noise and each epoch differs; with
+    ``deterministic=True`` it is reseeded from (``seed``, worker id) instead, so that every pass over the
+    data after ``reset()`` draws the same noise, with or without workers (persistent workers excepted: they
+    do not see ``reset()``).
+
+    Args:
+        sigma: noise standard deviation in [0, 1] pixel units.
+        num_noise_samples: noisy copies of each example (m >= 1).
+        seed: seed of the noise stream (>= 0).
+        deterministic: the same noise on every pass (evaluation) rather than fresh noise (training).
+    """
+
+    def __init__(self, sigma: float, num_noise_samples: int = 1, seed: int = 0, *, deterministic: bool = False) -> None:
+        from .core import check_sigma  # core imports this module
+
+        self.sigma = check_sigma(sigma)
+        if isinstance(num_noise_samples, bool) or not isinstance(num_noise_samples, (int, np.integer)):
+            raise TypeError(f"`num_noise_samples` must be a positive int, got {type(num_noise_samples).__name__}")
+        if num_noise_samples < 1:
+            raise ValueError(f"`num_noise_samples` must be a positive int (>= 1), got {num_noise_samples}")
+        self.num_noise_samples = int(num_noise_samples)
+        self.seed = check_seed(seed, "seed")
+        self.deterministic = bool(deterministic)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start the noise stream again from ``seed``."""
+        self._generator: torch.Generator | None = None
+        self._stream: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(sigma={self.sigma}, num_noise_samples={self.num_noise_samples}, seed={self.seed}, "
+            f"deterministic={self.deterministic})"
+        )
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        clean = self._stack_pixels(examples)
+        labels = self._labels(examples)
+        m = self.num_noise_samples
+        noisy = clean.repeat_interleave(m, dim=0) if m > 1 else clean.clone()
+        noise = torch.empty_like(noisy).normal_(0.0, self.sigma, generator=self._current_generator())
+        batch = {"pixel_values": noisy.add_(noise)}
+        if labels is not None:
+            batch["labels"] = labels.repeat_interleave(m)
+        return batch
+
+    def _current_generator(self) -> torch.Generator:
+        """The generator of this process: seeded from ``seed`` in the main process, from (``seed``, worker) in
+        a DataLoader worker (whose copy of this collator would otherwise repeat the main stream)."""
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:
+            stream, seed = -1, self.seed
+        else:
+            stream = worker.id if self.deterministic else worker.seed
+            seed = derive_seed(self.seed, stream % 2**63)
+        if self._generator is None or stream != self._stream:
+            self._generator = torch.Generator().manual_seed(seed)
+            self._stream = stream
+        return self._generator
+
+    @staticmethod
+    def _stack_pixels(examples: list[dict]) -> torch.Tensor:
+        from .core import PIXEL_TOLERANCE
+
+        if not isinstance(examples, (list, tuple)) or not examples:
+            raise ValueError("the collator needs a non-empty list of examples")
+        try:
+            pixels = [torch.as_tensor(example["pixel_values"]) for example in examples]
+        except KeyError:
+            raise KeyError(
+                "each example must have 'pixel_values' (float [C, H, W] in [0, 1]); with `datasets`, produce it with "
+                "`set_transform`/`with_transform` (e.g. the model's `image_transform()`)"
+            ) from None
+        shapes = {tuple(p.shape) for p in pixels}
+        if len(shapes) > 1 or len(next(iter(shapes))) != 3:
+            raise ValueError(f"'pixel_values' must be [C, H, W] images of one shape, got shapes {sorted(shapes)}")
+        if not all(p.is_floating_point() for p in pixels):
+            raise TypeError("'pixel_values' must be float pixels in [0, 1] (rescale 0-255 images by 1/255)")
+        clean = torch.stack(pixels).float()
+        low, high = clean.min().item(), clean.max().item()
+        if not (low >= -PIXEL_TOLERANCE and high <= 1 + PIXEL_TOLERANCE):  # also catches NaN
+            raise ValueError(
+                f"'pixel_values' must be un-normalized pixels in [0, 1], got values in [{low:.4g}, {high:.4g}] (the model "
+                "normalizes; noise is added in [0, 1] pixel space)"
+            )
+        return clean
+
+    @staticmethod
+    def _labels(examples: list[dict]) -> torch.Tensor | None:
+        keys = ["labels" if "labels" in e else "label" if "label" in e else None for e in examples]
+        if all(key is None for key in keys):
+            return None
+        if any(key is None for key in keys):
+            raise ValueError("either every example or none must have 'labels' (or 'label')")
+        labels = torch.as_tensor([int(e[key]) for e, key in zip(examples, keys)], dtype=torch.long)
+        return labels

