@@ -3,7 +3,8 @@
 #   1. train the stand-in base ViT on clean embedded:mnist (saved as an ordinary model folder),
 #   2. PEFT-smooth it with LoRA at sigma = 0.25 (accelerate launch examples/train.py),
 #   3. certify held-out digits and print certified accuracy at radii 0, 0.25, 0.5, 0.75.
-# Usage: bash examples/embedded_default.sh [output folder, default runs/embedded]
+# n = 6000 is the smallest n whose largest certifiable radius at alpha = 0.001, sigma * Phi^-1(alpha^(1/n)),
+# exceeds 0.75. Usage: bash examples/embedded_default.sh [output folder, default runs/embedded]
 set -euo pipefail
 OUT=${1:-runs/embedded}
 SIGMA=0.25
@@ -12,8 +13,8 @@ COMMON="--report_to none --save_strategy no --logging_steps 50 --dataloader_num_
 
 echo "== 1/3 stand-in base: ViT on clean embedded:mnist =="
 python examples/train_base.py --model_type vit --dataset_name embedded:mnist --output_dir "$OUT/base-vit" \
-  --num_train_epochs 8 --per_device_train_batch_size 64 --per_device_eval_batch_size 250 --learning_rate 2e-3 \
-  --weight_decay 0.05 --warmup_steps 50 --lr_scheduler_type cosine --eval_strategy no $COMMON
+  --num_train_epochs 30 --per_device_train_batch_size 32 --per_device_eval_batch_size 250 --learning_rate 1e-3 \
+  --weight_decay 0.05 --warmup_steps 300 --lr_scheduler_type cosine --max_grad_norm 0 --eval_strategy no $COMMON
 
 echo "== 2/3 PEFTSmoothing: LoRA at sigma=$SIGMA =="
 accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
@@ -24,4 +25,4 @@ accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no 
 echo "== 3/3 certify held-out digits =="
 accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   examples/certify.py --model_name_or_path "$OUT/vit-lora-$SIGMA" --dataset_name embedded:mnist \
-  --n0 100 --n 2000 --alpha 0.001 --batch_size 1000 --skip 5 --output_dir "$OUT/vit-lora-$SIGMA/certify"
+  --n0 100 --n 6000 --alpha 0.001 --batch_size 128 --skip 10 --output_dir "$OUT/vit-lora-$SIGMA/certify"

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import tempfile
 
+import torch
 from transformers import (
     HfArgumentParser,
     ResNetConfig,
@@ -54,10 +55,28 @@ class BaseArguments:
     num_channels: int = field(default=1, metadata={"help": "Input channels (1 grayscale, 3 RGB)."})
     image_mean: float = field(default=0.1307, metadata={"help": "Normalization mean of the processor (all channels)."})
     image_std: float = field(default=0.3081, metadata={"help": "Normalization std of the processor (all channels)."})
+    max_shift: int = field(default=1, metadata={"help": "Random translation augmentation, in pixels (0: none)."})
 
     def __post_init__(self) -> None:
         if self.model_type not in ARCHITECTURES:
             raise ValueError(f"`model_type` must be one of {sorted(ARCHITECTURES)}, got {self.model_type!r}")
+
+
+def random_shift_collator(max_shift: int) -> callable:
+    """Stack examples and shift each image by up to ``max_shift`` pixels (zero fill): the usual translation
+    augmentation, which a small ViT needs on a few thousand digits (no torchvision here)."""
+
+    def collate(examples: list[dict]) -> dict:
+        batch = default_data_collator(examples)
+        pixels = torch.nn.functional.pad(batch["pixel_values"], [max_shift] * 4)
+        height, width = pixels.shape[-2] - 2 * max_shift, pixels.shape[-1] - 2 * max_shift
+        offsets = torch.randint(0, 2 * max_shift + 1, (len(pixels), 2))
+        batch["pixel_values"] = torch.stack(
+            [image[:, top : top + height, left : left + width] for image, (top, left) in zip(pixels, offsets.tolist())]
+        )
+        return batch
+
+    return collate
 
 
 def main() -> None:
@@ -83,7 +102,7 @@ def main() -> None:
         args=training_args,
         train_dataset=dataset["train"].with_transform(transform),
         eval_dataset=dataset["validation"].with_transform(transform),
-        data_collator=default_data_collator,
+        data_collator=random_shift_collator(base_args.max_shift) if base_args.max_shift else default_data_collator,
         compute_metrics=noisy_accuracy,
     )
     trainer.train()

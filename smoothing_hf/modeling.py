@@ -284,13 +284,11 @@ def _load_base_model(config: SmoothingConfig) -> PreTrainedModel:
         raise ValueError(f"{SMOOTHING_CONFIG_NAME} names no base model (`base_model_name_or_path`)")
     kwargs: dict[str, Any] = {"revision": config.base_model_revision}
     if config.id2label is not None:
+        id2label = {int(k): v for k, v in config.id2label.items()}
+        kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
         base_config = AutoConfig.from_pretrained(config.base_model_name_or_path, revision=config.base_model_revision)
-        if base_config.num_labels != len(config.id2label):  # a new head for a downstream label set
-            id2label = {int(k): v for k, v in config.id2label.items()}
-            kwargs.update(
-                num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-                ignore_mismatched_sizes=True,
-            )
+        if base_config.num_labels != len(id2label):  # a new head for a downstream label set
+            kwargs.update(num_labels=len(id2label), ignore_mismatched_sizes=True)
     return AutoModelForImageClassification.from_pretrained(config.base_model_name_or_path, **kwargs)
 
 

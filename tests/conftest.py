@@ -77,3 +77,12 @@ def tiny_resnet_dir(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("tiny-resnet")
     tiny_resnet().save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_gray_dir(tmp_path_factory) -> str:
+    """A tiny random 1-channel 28 x 28 ViT with its image processor."""
+    folder = tmp_path_factory.mktemp("tiny-vit-gray")
+    tiny_vit(num_channels=1).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(folder)
+    return str(folder)

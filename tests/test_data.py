@@ -34,15 +34,6 @@ def digits() -> DatasetDict:
     return load_image_dataset("embedded:digits")
 
 
-@pytest.fixture(scope="module")
-def tiny_vit_gray_dir(tmp_path_factory) -> str:
-    """A tiny random 1-channel 28 x 28 ViT with its image processor."""
-    folder = tmp_path_factory.mktemp("tiny-vit-gray")
-    tiny_vit(num_channels=1).save_pretrained(folder)
-    ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(folder)
-    return str(folder)
-
-
 def make_image_folder(root, classes, per_class=4):
     for name in classes:
         (root / name).mkdir(parents=True)

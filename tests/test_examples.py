@@ -1,0 +1,71 @@
+"""The example scripts end to end on tiny models and the embedded data (run in-process for speed)."""
+
+import json
+import os
+import runpy
+import sys
+
+import pytest
+from transformers import AutoModelForImageClassification
+
+from smoothing_hf import SmoothedImageClassifier
+from smoothing_hf.reporting import read_tsv
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
+QUIET = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--per_device_eval_batch_size", "64"]
+
+
+def run_example(script: str, *args: str) -> None:
+    argv = sys.argv
+    sys.argv = [script, *map(str, args)]
+    try:
+        runpy.run_path(os.path.join(EXAMPLES, script), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def test_train_base_writes_an_ordinary_model_folder(tmp_path):
+    run_example("train_base.py", "--model_type", "resnet", "--dataset_name", "embedded:digits", "--output_dir", tmp_path,
+                "--max_steps", 2, "--per_device_train_batch_size", 8, *QUIET)
+    model = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert model.config.num_labels == 10 and model.config.num_channels == 1
+
+
+@pytest.mark.parametrize("method", ["lora", "vpt"])
+def test_train_then_certify(method, tiny_vit_gray_dir, tmp_path):
+    output = tmp_path / method
+    run_example("train.py", "--model_name_or_path", tiny_vit_gray_dir, "--dataset_name", "embedded:digits",
+                "--method", method, "--sigma", 0.25, "--output_dir", output, "--max_steps", 2,
+                "--per_device_train_batch_size", 8, *QUIET)
+    results = json.loads((output / "train_results.json").read_text())
+    assert results["method"] == method and 0 < results["trainable_share"] < 1
+    assert 0 <= results["noisy_accuracy_before"] <= 1 and 0 <= results["noisy_accuracy_after"] <= 1
+    model = SmoothedImageClassifier.from_pretrained(output)
+    assert model.config.peft_method == method and model.sigma == 0.25
+
+    run_example("certify.py", "--model_name_or_path", output, "--dataset_name", "embedded:digits", "--n0", 10,
+                "--n", 50, "--alpha", 0.01, "--batch_size", 64, "--max_examples", 6, "--skip", 7,
+                "--output_dir", output / "certify")
+    rows = read_tsv(output / "certify" / "certify.tsv")
+    assert [row["idx"] for row in rows] == [0, 7, 14, 21, 28, 35]
+    summary = json.loads((output / "certify" / "summary.json").read_text())
+    assert summary["num_examples"] == 6 and summary["settings"]["n"] == 50
+
+
+def test_joint_adaptation_gives_a_new_head_for_the_downstream_labels(tiny_vit_gray_dir, tmp_path):
+    run_example("train.py", "--model_name_or_path", tiny_vit_gray_dir, "--dataset_name", "embedded:digits",
+                "--new_head", "true", "--method", "lora", "--sigma", 0.5, "--output_dir", tmp_path,
+                "--max_steps", 1, "--per_device_train_batch_size", 8, *QUIET)
+    model = SmoothedImageClassifier.from_pretrained(tmp_path)
+    assert model.model.config.id2label == {i: str(i) for i in range(10)}
+
+
+def test_a_dataset_whose_labels_do_not_fit_the_head_is_an_error(tmp_path):
+    from conftest import tiny_vit
+    from transformers import ViTImageProcessorPil
+
+    tiny_vit(num_channels=1, num_labels=5).save_pretrained(tmp_path / "base")
+    ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match="num_labels=5"):
+        run_example("train.py", "--model_name_or_path", tmp_path / "base", "--dataset_name", "embedded:digits",
+                    "--output_dir", tmp_path / "out", "--max_steps", 1, *QUIET)
