@@ -4,13 +4,18 @@
         --dataset_name embedded:mnist --n 10000 --output_dir runs/vit-lora-0.25/certify
 
 Writes ``certify.tsv`` (idx, label, predict, radius, correct, time) and ``summary.json`` in ``--output_dir``
-and prints certified accuracy at radii 0, 0.25, 0.5, 0.75 with the ACR and the abstain rate.
+and prints certified accuracy at radii 0, 0.25, 0.5, 0.75 with the ACR and the abstain rate. Rerunning
+with the same ``--output_dir`` resumes. ``--mode predict`` runs Cohen's PREDICT instead (``predict.tsv``).
+Several CPU processes: ``torchrun --nproc_per_node 2 -- examples/certify.py ...``; several GPUs:
+``accelerate launch --multi_gpu --num_processes 8 examples/certify.py ...``. Job arrays:
+``--num_shards K --shard_index i`` per job, then ``examples/merge_shards.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from accelerate import PartialState
 from transformers import HfArgumentParser
 
 from smoothing_hf import SmoothedImageClassifier
@@ -26,8 +31,10 @@ class CertifyArguments:
     sigma: float | None = field(default=None, metadata={"help": "Noise std in [0, 1] pixels (a saved smoothing model brings its own)."})
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id or embedded:mnist / embedded:digits."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Image folder to certify (one subfolder per class)."})
-    split: str = field(default="validation", metadata={"help": "Split to certify."})
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "Image folder to certify (one subfolder per class)."}
+    )
+    split: str = field(default="validation", metadata={"help": "Split to certify: validation or train."})
     n0: int = field(default=100, metadata={"help": "Selection samples per image."})
     n: int = field(default=100_000, metadata={"help": "Estimation samples per image."})
     alpha: float = field(default=0.001, metadata={"help": "Failure probability of each certificate."})
@@ -35,11 +42,17 @@ class CertifyArguments:
     seed: int = field(default=0, metadata={"help": "Noise seed (example idx uses derive_seed(seed, idx))."})
     max_examples: int | None = field(default=None, metadata={"help": "Certify at most this many examples."})
     skip: int = field(default=1, metadata={"help": "Certify every skip-th example."})
+    num_shards: int = field(default=1, metadata={"help": "Split the examples into this many shards (job arrays)."})
+    shard_index: int = field(default=0, metadata={"help": "The shard this job certifies, in [0, num_shards)."})
+    sample_parallel: bool = field(
+        default=False, metadata={"help": "Split each image's noise samples over processes (few images, huge n)."}
+    )
+    mode: str = field(default="certify", metadata={"help": "certify (CERTIFY, radii) or predict (PREDICT, abstentions)."})
 
 
 def main() -> None:
     (args,) = HfArgumentParser(CertifyArguments).parse_args_into_dataclasses()
-    dataset = load_image_dataset(
+    dataset = load_image_dataset(  # a folder is read as both splits: its "validation" split is all of it
         args.dataset_name, dataset_config_name=args.dataset_config_name,
         train_dir=args.validation_dir, validation_dir=args.validation_dir,
     )[args.split]
@@ -48,10 +61,12 @@ def main() -> None:
     summary = certify(
         model, dataset.with_transform(ImageClassificationTransform.for_model(model)),
         n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
-        output_dir=args.output_dir, max_examples=args.max_examples, skip=args.skip,
+        output_dir=args.output_dir, max_examples=args.max_examples, skip=args.skip, num_shards=args.num_shards,
+        shard_index=args.shard_index, sample_parallel=args.sample_parallel, mode=args.mode,
     )
-    print(f"sigma = {model.sigma}, n0 = {args.n0}, n = {args.n}, alpha = {args.alpha}, {summary['num_examples']} examples")
-    print(format_summary(summary))
+    if PartialState().is_main_process:
+        print(f"sigma = {model.sigma}, n0 = {args.n0}, n = {args.n}, alpha = {args.alpha}, {summary['num_examples']} examples")
+        print(format_summary(summary) if args.mode == "certify" else f"accuracy {summary['accuracy']:.4f}, abstain {summary['abstain_rate']:.4f}")
 
 
 if __name__ == "__main__":

@@ -172,13 +172,7 @@ class Smoother:
                 stacklevel=2,
             )
         counts = self.sample_counts(images, seeds, Phase.PREDICTION, n, batch_size)
-        top_two = np.argsort(-counts, axis=1, kind="stable")[:, :2]
-        rows = np.arange(len(counts))
-        count_a, count_b = counts[rows, top_two[:, 0]], counts[rows, top_two[:, 1]]
-        predictions = [
-            int(c) if binomtest(int(a), int(a + b), 0.5).pvalue <= alpha else ABSTAIN
-            for c, a, b in zip(top_two[:, 0], count_a, count_b)
-        ]
+        predictions = predictions_from_counts(counts, alpha)
         return predictions[0] if single else predictions
 
     def certify(
@@ -355,6 +349,19 @@ class Smoother:
             if parameter is not None:
                 return parameter.device
         return images.device
+
+
+def predictions_from_counts(counts: np.ndarray, alpha: float) -> list[int]:
+    """PREDICT's decision from [B, K] class counts: the top class where a two-sided binomial test of its
+    count nA against the runner-up's nB (nA + nB trials, p = 0.5) has p-value <= alpha, else ABSTAIN."""
+    counts = np.asarray(counts)
+    top_two = np.argsort(-counts, axis=1, kind="stable")[:, :2]
+    rows = np.arange(len(counts))
+    count_a, count_b = counts[rows, top_two[:, 0]], counts[rows, top_two[:, 1]]
+    return [
+        int(c) if binomtest(int(a), int(a + b), 0.5).pvalue <= alpha else ABSTAIN
+        for c, a, b in zip(top_two[:, 0], count_a, count_b)
+    ]
 
 
 def certificates_from_counts(

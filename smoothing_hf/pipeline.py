@@ -1,12 +1,18 @@
-"""``certify()``: Cohen's CERTIFY over a dataset, spread over processes with Accelerate.
+"""``certify()``: Cohen's CERTIFY (or PREDICT) over a dataset, spread over processes with Accelerate.
 
-Read top to bottom: pick example indices -> split them over processes -> certify each process's share in
-packed groups (noise seeded by (seed, dataset index), so the result does not depend on the number of
-processes or the batch size) -> gather on the main process -> write ``certify.tsv`` and ``summary.json``.
+Read top to bottom: pick example indices (``skip``, ``max_examples``, shard) -> drop those already done in
+``output_dir`` -> split the rest over processes (or, sample-parallel, split each image's noise chunks) ->
+certify, appending each finished row to the process's progress file -> gather on the main process ->
+write ``certify.tsv`` (or ``predict.tsv``), ``summary.json`` and the certified accuracy plot atomically.
+
+Noise for dataset example ``idx`` is seeded by ``derive_seed(seed, idx)`` and drawn in fixed chunks, so
+the rows do not depend on the number of processes, the batch size, or whether the run was resumed.
 """
 
 from __future__ import annotations
 
+import csv
+import glob
 import json
 import math
 import os
@@ -14,15 +20,24 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, reduce
 from tqdm.auto import tqdm
 
-from .core import ABSTAIN
+from .core import ABSTAIN, Smoother, certificates_from_counts, predictions_from_counts
 from .modeling import SmoothedImageClassifier
-from .noise import derive_seed
-from .reporting import DEFAULT_RADII, summarize, write_tsv
+from .noise import Phase, chunk_sizes, derive_seed
+from .reporting import DEFAULT_RADII, summarize
+
+COLUMNS = {
+    "certify": ("idx", "label", "predict", "radius", "correct", "time"),
+    "predict": ("idx", "label", "predict", "correct", "time"),
+}
+SETTINGS_NAME = "settings.json"
+RESUME_KEYS = ("mode", "sigma", "n0", "n", "alpha", "seed", "skip", "num_shards", "shard_index", "model", "num_dataset_examples")
+"""Settings a resumed run must share with the folder's recorded ones (batch size and process count may differ)."""
 
 
 def certify(
@@ -37,75 +52,260 @@ def certify(
     output_dir: str | os.PathLike,
     max_examples: int | None = None,
     skip: int = 1,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    sample_parallel: bool = False,
+    mode: str = "certify",
     radii: Sequence[float] = DEFAULT_RADII,
 ) -> dict:
-    """Certify examples of ``dataset`` and write ``certify.tsv`` and ``summary.json`` in ``output_dir``.
+    """Certify (or, with ``mode="predict"``, PREDICT) examples of ``dataset`` into ``output_dir``.
+
+    Rerunning with the same ``output_dir`` resumes: examples already done are skipped; settings that
+    differ from the folder's (sigma, n0, n, alpha, seed, model, skip, shard) are an error.
 
     Args:
-        model: the smoothed classifier (its sigma is the noise level).
+        model: the smoothed classifier (its sigma is the noise level, in [0, 1] pixel units).
         dataset: indexable; item i is a dict with "pixel_values" [C, H, W] in [0, 1] and "labels" (or
-            "label"), e.g. a ``datasets.Dataset`` with the transform of ``smoothing_hf.data``.
-        n0, n, alpha, batch_size: as in ``Smoother.certify``.
-        seed: example ``idx`` is certified with noise seed ``derive_seed(seed, idx)``.
-        max_examples: certify at most this many examples (after ``skip``).
-        skip: certify every ``skip``-th example (Cohen's ``--skip``).
+            "label"), e.g. a ``datasets.Dataset`` with ``smoothing_hf.data.ImageClassificationTransform``.
+        n0, n, alpha, batch_size: as in ``Smoother.certify`` (predict mode uses ``n`` and ``alpha``).
+        seed: example ``idx`` gets noise seed ``derive_seed(seed, idx)``.
+        max_examples: at most this many examples (after ``skip``); ``skip``: every skip-th example.
+        num_shards, shard_index: certify only shard ``shard_index`` of ``num_shards`` (job arrays); merge
+            the shard folders with ``merge_shards``. ``max_examples`` counts the whole run, not a shard.
+        sample_parallel: split each image's noise chunks over the processes instead of the images (few
+            images, huge n); the rows are the same either way.
+        mode: "certify" (Cohen's CERTIFY, ``certify.tsv``) or "predict" (PREDICT, ``predict.tsv``).
 
     Returns:
-        The summary (also written to ``summary.json`` by the main process).
+        The summary written to ``summary.json``.
     """
-    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
-        raise ValueError(f"`skip` must be a positive int, got {skip!r}")
-    if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1):
-        raise ValueError(f"`max_examples` must be a positive int or None, got {max_examples!r}")
+    _check_arguments(mode, skip, max_examples, num_shards, shard_index)
     state = PartialState(cpu=not torch.cuda.is_available())
-    model = model.to(state.device)
-    smoother = model.smoother()
-    indices = list(range(0, len(dataset), skip))[:max_examples]
-    group = max(1, math.ceil(batch_size / n))  # images per call: pack when n is below the batch size
-
-    rows = []
-    started = time.perf_counter()
-    with state.split_between_processes(indices) as mine:
-        progress = tqdm(total=len(indices), desc="certify", unit="img", disable=not state.is_main_process)
-        for start in range(0, len(mine), group):
-            chunk = mine[start : start + group]
-            items = [dataset[i] for i in chunk]
-            pixels = torch.stack([item["pixel_values"] for item in items])
-            labels = [int(item["labels"] if "labels" in item else item["label"]) for item in items]
-            if any(not 0 <= label < model.num_labels for label in labels):
-                raise ValueError(f"labels {labels} are outside the model's label range [0, {model.num_labels})")
-            tic = time.perf_counter()
-            certificates = smoother.certify(
-                pixels, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=[derive_seed(seed, i) for i in chunk]
-            )
-            elapsed = (time.perf_counter() - tic) / len(chunk)
-            for idx, label, certificate in zip(chunk, labels, certificates):
-                rows.append(
-                    {
-                        "idx": idx, "label": label, "predict": certificate.prediction, "radius": certificate.radius,
-                        "correct": int(certificate.prediction == label and certificate.prediction != ABSTAIN),
-                        "time": elapsed,
-                    }
-                )
-            progress.update(len(chunk) * state.num_processes)
-            progress.set_postfix(samples_per_s=f"{len(rows) * (n0 + n) * state.num_processes / (time.perf_counter() - started):.0f}")
-        progress.close()
-    rows = sorted(gather_object(rows), key=lambda row: row["idx"])
-    wall = time.perf_counter() - started
-    summary = {
-        **summarize(rows, radii),
-        "settings": {"sigma": model.sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip,
-                     "max_examples": max_examples, "batch_size": batch_size, "num_processes": state.num_processes},
+    settings = {
+        "mode": mode, "sigma": model.sigma, "n0": n0 if mode == "certify" else None, "n": n, "alpha": alpha,
+        "seed": seed, "skip": skip, "max_examples": max_examples, "num_shards": num_shards, "shard_index": shard_index,
         "model": {"base_model_name_or_path": model.config.base_model_name_or_path,
                   "base_model_revision": model.config.base_model_revision, "method": model.config.peft_method},
-        "samples_per_second": len(rows) * (n0 + n) / wall,
+        "num_dataset_examples": len(dataset),
     }
+    selected = list(range(0, len(dataset), skip))[:max_examples][shard_index::num_shards]
+    done = _resume(output_dir, settings, mode, state)
+    remaining = [idx for idx in selected if idx not in done]
+    smoother = model.to(state.device).smoother()
+
+    started = time.perf_counter()
+    progress = tqdm(total=len(selected), initial=len(selected) - len(remaining), desc=mode, unit="img",
+                    disable=not state.is_main_process)
+    samples_per_image = (n0 + n) if mode == "certify" else n
+    new_rows: list[dict] = []
+    finished = 0  # examples certified by all processes in this run (estimated from this one's progress)
+    with open(os.path.join(output_dir, f"progress-{state.process_index}.tsv"), "a", newline="") as progress_file:
+        writer = csv.writer(progress_file, delimiter="\t", lineterminator="\n")
+        if sample_parallel:
+            work = [[idx] for idx in remaining]
+        else:
+            with state.split_between_processes(remaining) as mine:
+                group = max(1, math.ceil(batch_size / samples_per_image))  # pack images when n < batch size
+                work = [mine[i : i + group] for i in range(0, len(mine), group)]
+        for chunk in work:
+            tic = time.perf_counter()
+            pixels, labels = _load(dataset, chunk, model.num_labels, mode)
+            rows = _run(smoother, pixels, labels, chunk, mode, n0, n, alpha, batch_size, seed, sample_parallel, state)
+            for row in rows:
+                row["time"] = (time.perf_counter() - tic) / len(rows)
+                if state.is_main_process or not sample_parallel:
+                    writer.writerow([_format(row[column]) for column in COLUMNS[mode]])
+                    new_rows.append(row)
+            progress_file.flush()
+            finished += len(chunk) * (1 if sample_parallel else state.num_processes)
+            progress.update(len(chunk) * (1 if sample_parallel else state.num_processes))
+            progress.set_postfix(samples_per_s=f"{finished * samples_per_image / (time.perf_counter() - started):.0f}")
+    progress.close()
+    with open(os.path.join(output_dir, "certify.log"), "a") as log:
+        log.write(f"rank {state.process_index} of {state.num_processes} on {state.device}: {len(new_rows)} new rows\n")
+    new_rows = gather_object(new_rows)
+    wall = time.perf_counter() - started
+    state.wait_for_everyone()
+    summary = None
+    if state.is_main_process:
+        rows = _merge_rows([*done.values(), *new_rows])
+        summary = _finish(rows, settings, output_dir, mode, radii, samples_per_image * len(new_rows) / wall if new_rows else None)
+    state.wait_for_everyone()
+    return summary if summary is not None else _read_json(os.path.join(output_dir, "summary.json"))
+
+
+def merge_shards(shard_dirs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, radii: Sequence[float] = DEFAULT_RADII) -> dict:
+    """Merge the folders of a sharded run (``num_shards`` > 1) into the files one run would have written.
+
+    Checks that the shards' settings agree, that every shard index appears once, and that no example index
+    is missing or repeated; writes ``certify.tsv`` (or ``predict.tsv``), ``summary.json`` and the plot."""
+    if not shard_dirs:
+        raise ValueError("`shard_dirs` must list at least one shard folder")
+    settings = [_read_json(os.path.join(folder, SETTINGS_NAME)) for folder in shard_dirs]
+    first = settings[0]
+    for folder, other in zip(shard_dirs, settings):
+        differing = sorted(k for k in first if k != "shard_index" and other.get(k) != first[k])
+        if differing:
+            raise ValueError(f"shard {folder} was run with different settings {differing} than {shard_dirs[0]}")
+    shard_indices = sorted(s["shard_index"] for s in settings)
+    if shard_indices != list(range(first["num_shards"])):
+        raise ValueError(f"`shard_dirs` must hold shards 0..{first['num_shards'] - 1} once each, got shard indices {shard_indices}")
+    mode = first["mode"]
+    rows = [row for folder in shard_dirs for row in _read_rows(os.path.join(folder, f"{mode}.tsv"), mode)]
+    indices = [row["idx"] for row in rows]
+    repeated = sorted({i for i in indices if indices.count(i) > 1})
+    if repeated:
+        raise ValueError(f"example indices {repeated[:10]} appear in more than one shard")
+    expected = list(range(0, first["num_dataset_examples"], first["skip"]))[: first["max_examples"]]
+    missing = sorted(set(expected) - set(indices))
+    if missing:
+        raise ValueError(f"example indices {missing[:10]} ({len(missing)} in all) are missing from the shards")
+    os.makedirs(output_dir, exist_ok=True)
+    merged = {**first, "num_shards": 1, "shard_index": 0}
+    _write_json(merged, os.path.join(output_dir, SETTINGS_NAME))
+    return _finish(sorted(rows, key=lambda r: r["idx"]), merged, output_dir, mode, radii, None)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+def _check_arguments(mode: str, skip: int, max_examples: int | None, num_shards: int, shard_index: int) -> None:
+    if mode not in COLUMNS:
+        raise ValueError(f"`mode` must be one of {sorted(COLUMNS)}, got {mode!r}")
+    for name, value in (("skip", skip), ("num_shards", num_shards)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1):
+        raise ValueError(f"`max_examples` must be a positive int or None, got {max_examples!r}")
+    if isinstance(shard_index, bool) or not isinstance(shard_index, int) or not 0 <= shard_index < num_shards:
+        raise ValueError(f"`shard_index` must be an int in [0, num_shards={num_shards}), got {shard_index!r}")
+
+
+def _resume(output_dir: str | os.PathLike, settings: dict, mode: str, state: PartialState) -> dict[int, dict]:
+    """Record the settings in a new folder, or check them against an existing one; return the rows
+    already done (final file and progress files), by index."""
+    path = os.path.join(output_dir, SETTINGS_NAME)
     if state.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
-        write_tsv(rows, os.path.join(output_dir, "certify.tsv"))
-        temporary = os.path.join(output_dir, "summary.json.tmp")
-        with open(temporary, "w") as handle:
-            json.dump(summary, handle, indent=2)
-        os.replace(temporary, os.path.join(output_dir, "summary.json"))
+        if not os.path.exists(path):
+            _write_json(settings, path)
     state.wait_for_everyone()
+    recorded = _read_json(path)
+    differing = sorted(k for k in RESUME_KEYS if recorded.get(k) != settings[k])
+    if differing:
+        raise ValueError(
+            f"{output_dir} holds a run with other settings: "
+            + ", ".join(f"{k}={recorded.get(k)!r} there, {settings[k]!r} now" for k in differing)
+            + "; use another `output_dir`"
+        )
+    files = [os.path.join(output_dir, f"{mode}.tsv"), *sorted(glob.glob(os.path.join(output_dir, "progress-*.tsv")))]
+    rows = [row for file in files if os.path.exists(file) for row in _read_rows(file, mode)]
+    return {row["idx"]: row for row in _merge_rows(rows)}
+
+
+def _load(dataset: Any, indices: list[int], num_labels: int, mode: str) -> tuple[torch.Tensor, list[int]]:
+    items = [dataset[i] for i in indices]
+    if any("labels" not in item and "label" not in item for item in items):
+        raise ValueError(f"{mode} needs labelled examples: dataset items must have a 'labels' or 'label' entry")
+    labels = [int(item["labels"] if "labels" in item else item["label"]) for item in items]
+    outside = [label for label in labels if not 0 <= label < num_labels]
+    if outside:
+        raise ValueError(f"labels {outside} are outside the model's label range [0, {num_labels})")
+    return torch.stack([item["pixel_values"] for item in items]), labels
+
+
+def _run(
+    smoother: Smoother, pixels: torch.Tensor, labels: list[int], indices: list[int], mode: str,
+    n0: int, n: int, alpha: float, batch_size: int, seed: int, sample_parallel: bool, state: PartialState,
+) -> list[dict]:
+    seeds = [derive_seed(seed, idx) for idx in indices]
+    if sample_parallel:  # this process draws every num_processes-th noise chunk; the counts are summed
+        images = smoother.check_images(pixels).to(state.device)
+        phases = ((Phase.PREDICTION, n),) if mode == "predict" else ((Phase.SELECTION, n0), (Phase.ESTIMATION, n))
+        counts = []
+        for phase, num in phases:
+            mine = range(state.process_index, len(chunk_sizes(num)), state.num_processes)
+            local = smoother.sample_counts(images, seeds, phase, num, batch_size, chunks=mine)
+            counts.append(reduce(torch.from_numpy(local).to(state.device), reduction="sum").cpu().numpy())
+    if mode == "predict":
+        predictions = (
+            predictions_from_counts(counts[0], alpha) if sample_parallel
+            else smoother.predict(pixels, n=n, alpha=alpha, batch_size=batch_size, seed=seeds)
+        )
+        return [{"idx": i, "label": y, "predict": p, "correct": int(p == y)} for i, y, p in zip(indices, labels, predictions)]
+    certificates = (
+        certificates_from_counts(counts[0], counts[1], alpha, smoother.sigma) if sample_parallel
+        else smoother.certify(pixels, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seeds)
+    )
+    return [
+        {"idx": i, "label": y, "predict": c.prediction, "radius": c.radius, "correct": int(c.prediction == y and c.prediction != ABSTAIN)}
+        for i, y, c in zip(indices, labels, certificates)
+    ]
+
+
+def _finish(rows: list[dict], settings: dict, output_dir: str | os.PathLike, mode: str, radii: Sequence[float], samples_per_second: float | None) -> dict:
+    """Write the final TSV, summary and plot; remove the progress files."""
+    _write_rows(rows, os.path.join(output_dir, f"{mode}.tsv"), mode)
+    if mode == "certify":
+        summary = summarize(rows, radii)
+    else:
+        summary = {"num_examples": len(rows), "accuracy": float(np.mean([r["correct"] for r in rows])),
+                   "abstain_rate": float(np.mean([r["predict"] == ABSTAIN for r in rows]))}
+    summary.update(settings=settings, samples_per_second=samples_per_second)
+    _write_json(summary, os.path.join(output_dir, "summary.json"))
+    for file in glob.glob(os.path.join(output_dir, "progress-*.tsv")):
+        os.remove(file)
     return summary
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _format(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _write_rows(rows: list[dict], path: str, mode: str) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(COLUMNS[mode])
+        writer.writerows([_format(row[column]) for column in COLUMNS[mode]] for row in rows)
+    os.replace(temporary, path)
+
+
+def _read_rows(path: str, mode: str) -> list[dict]:
+    """Rows of a final or progress TSV; a progress file's last line may be torn by a kill: only complete
+    lines (newline-terminated, all columns) count."""
+    columns = COLUMNS[mode]
+    rows = []
+    with open(path, newline="") as handle:
+        for line in handle:
+            fields = line.rstrip("\n").split("\t")
+            if not line.endswith("\n") or len(fields) != len(columns) or fields[0] == "idx":
+                continue
+            row = dict(zip(columns, fields))
+            rows.append({k: float(v) if k in ("radius", "time") else int(v) for k, v in row.items()})
+    return rows
+
+
+def _merge_rows(rows: list[dict]) -> list[dict]:
+    """Rows by example index, in index order; an index seen twice (a row written both to the final file
+    and a progress file) keeps its first row."""
+    by_index: dict[int, dict] = {}
+    for row in rows:
+        by_index.setdefault(row["idx"], row)
+    return [by_index[i] for i in sorted(by_index)]
+
+
+def _write_json(value: dict, path: str) -> None:
+    with open(f"{path}.tmp", "w") as handle:
+        json.dump(value, handle, indent=2)
+    os.replace(f"{path}.tmp", path)
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist: not a certification output folder")
+    with open(path) as handle:
+        return json.load(handle)
