@@ -87,9 +87,9 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=float, default=3e-3, help="For the PEFT methods and the head.")
     parser.add_argument("--full_learning_rate", type=float, default=5e-4, help="For full fine-tuning.")
     parser.add_argument("--n0", type=int, default=100)
-    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--alpha", type=float, default=0.001)
-    parser.add_argument("--skip", type=int, default=5, help="Certify every skip-th held-out image.")
+    parser.add_argument("--skip", type=int, default=20, help="Certify every skip-th held-out image.")
     parser.add_argument("--output", default="benchmarks/results/methods.json")
     args = parser.parse_args()
     args.learning_rates = {"full": args.full_learning_rate}
