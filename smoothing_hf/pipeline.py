@@ -3,7 +3,7 @@
 Read top to bottom: pick example indices (``skip``, ``max_examples``, shard) -> drop those already done in
 ``output_dir`` -> split the rest over processes (or, sample-parallel, split each image's noise chunks) ->
 certify, appending each finished row to the process's progress file -> gather on the main process ->
-write ``certify.tsv`` (or ``predict.tsv``), ``summary.json`` and the certified accuracy plot atomically.
+write ``certify.tsv`` (or ``predict.tsv``), ``summary.json`` and ``certified_accuracy.png`` atomically.
 
 Noise for dataset example ``idx`` is seeded by ``derive_seed(seed, idx)`` and drawn in fixed chunks, so
 the rows do not depend on the number of processes, the batch size, or whether the run was resumed.
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .core import ABSTAIN, Smoother, certificates_from_counts, predictions_from_counts
 from .modeling import SmoothedImageClassifier
 from .noise import Phase, chunk_sizes, derive_seed
-from .reporting import DEFAULT_RADII, summarize
+from .reporting import DEFAULT_RADII, plot_certified_accuracy, summarize
 
 COLUMNS = {
     "certify": ("idx", "label", "predict", "radius", "correct", "time"),
@@ -57,6 +57,7 @@ def certify(
     sample_parallel: bool = False,
     mode: str = "certify",
     radii: Sequence[float] = DEFAULT_RADII,
+    evaluate_metric: Any = None,
 ) -> dict:
     """Certify (or, with ``mode="predict"``, PREDICT) examples of ``dataset`` into ``output_dir``.
 
@@ -75,6 +76,9 @@ def certify(
         sample_parallel: split each image's noise chunks over the processes instead of the images (few
             images, huge n); the rows are the same either way.
         mode: "certify" (Cohen's CERTIFY, ``certify.tsv``) or "predict" (PREDICT, ``predict.tsv``).
+        evaluate_metric: optionally, the certified accuracy ``evaluate`` module
+            (``evaluate.load(smoothing_hf.reporting.certified_accuracy_metric_path())``); its result goes
+            into the summary under "evaluate".
 
     Returns:
         The summary written to ``summary.json``.
@@ -130,6 +134,12 @@ def certify(
     if state.is_main_process:
         rows = _merge_rows([*done.values(), *new_rows])
         summary = _finish(rows, settings, output_dir, mode, radii, samples_per_image * len(new_rows) / wall if new_rows else None)
+        if evaluate_metric is not None and mode == "certify":
+            summary["evaluate"] = evaluate_metric.compute(
+                predictions=[r["predict"] for r in rows], radii=[r["radius"] for r in rows],
+                references=[r["label"] for r in rows],
+            )
+            _write_json(summary, os.path.join(output_dir, "summary.json"))
     state.wait_for_everyone()
     return summary if summary is not None else _read_json(os.path.join(output_dir, "summary.json"))
 
@@ -248,6 +258,7 @@ def _finish(rows: list[dict], settings: dict, output_dir: str | os.PathLike, mod
     _write_rows(rows, os.path.join(output_dir, f"{mode}.tsv"), mode)
     if mode == "certify":
         summary = summarize(rows, radii)
+        plot_certified_accuracy({f"sigma = {settings['sigma']:g}": rows}, os.path.join(output_dir, "certified_accuracy.png"))
     else:
         summary = {"num_examples": len(rows), "accuracy": float(np.mean([r["correct"] for r in rows])),
                    "abstain_rate": float(np.mean([r["predict"] == ABSTAIN for r in rows]))}

@@ -41,7 +41,8 @@ def test_a_run_writes_cohens_columns_summary_and_settings(model, dataset, refere
     assert [r["idx"] for r in rows] == [0, 2, 4, 6, 8]
     assert rows_without_time(tmp_path / "certify.tsv") == [r for r in reference if r["idx"] in (0, 2, 4, 6, 8)]
     assert summary["num_examples"] == 5 and summary["settings"]["n"] == 300
-    assert sorted(os.listdir(tmp_path)) == ["certify.log", "certify.tsv", "settings.json", "summary.json"]
+    assert sorted(os.listdir(tmp_path)) == ["certified_accuracy.png", "certify.log", "certify.tsv", "settings.json", "summary.json"]
+    assert (tmp_path / "certified_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("batch_size", [7, 1000])
@@ -157,3 +158,14 @@ def test_unlabelled_data_and_labels_outside_the_head_are_errors(model, dataset, 
     outside = [{**item, "labels": 12} for item in dataset]
     with pytest.raises(ValueError, match=r"outside the model's label range \[0, 10\)"):
         certify(model, outside, output_dir=tmp_path / "b", **SETTINGS)
+
+
+def test_certify_reports_through_the_evaluate_metric(model, dataset, tmp_path):
+    import evaluate
+
+    from smoothing_hf.reporting import certified_accuracy_metric_path
+
+    metric = evaluate.load(certified_accuracy_metric_path())
+    summary = certify(model, dataset, output_dir=tmp_path, evaluate_metric=metric, **SETTINGS)
+    assert summary["evaluate"]["acr"] == pytest.approx(summary["acr"])
+    assert summary["evaluate"]["certified_accuracy@0.5"] == pytest.approx(summary["certified_accuracy"]["0.5"])
