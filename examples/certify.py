@@ -6,6 +6,7 @@
 Writes ``certify.tsv`` (idx, label, predict, radius, correct, time) and ``summary.json`` in ``--output_dir``
 and prints certified accuracy at radii 0, 0.25, 0.5, 0.75 with the ACR and the abstain rate. Rerunning
 with the same ``--output_dir`` resumes. ``--mode predict`` runs Cohen's PREDICT instead (``predict.tsv``).
+``--update_model_card true`` writes the results into the model folder's ``smoothing_config.json`` and card.
 Several CPU processes: ``torchrun --nproc_per_node 2 -- examples/certify.py ...``; several GPUs:
 ``accelerate launch --multi_gpu --num_processes 8 examples/certify.py ...``. Job arrays:
 ``--num_shards K --shard_index i`` per job, then ``examples/merge_shards.py``.
@@ -13,13 +14,15 @@ Several CPU processes: ``torchrun --nproc_per_node 2 -- examples/certify.py ...`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
 from transformers import HfArgumentParser
 
-from smoothing_hf import SmoothedImageClassifier
+from smoothing_hf import SMOOTHING_CONFIG_NAME, SmoothedImageClassifier
 from smoothing_hf.data import ImageClassificationTransform, check_labels, load_image_dataset
+from smoothing_hf.hub import update_results
 from smoothing_hf.pipeline import certify
 from smoothing_hf.reporting import format_summary
 
@@ -48,6 +51,18 @@ class CertifyArguments:
         default=False, metadata={"help": "Split each image's noise samples over processes (few images, huge n)."}
     )
     mode: str = field(default="certify", metadata={"help": "certify (CERTIFY, radii) or predict (PREDICT, abstentions)."})
+    update_model_card: bool = field(
+        default=False,
+        metadata={"help": "Write the results into the smoothing_config.json and README.md of --model_name_or_path (a saved folder)."},
+    )
+
+    def __post_init__(self) -> None:  # fail before certifying, not after
+        is_folder = os.path.isfile(os.path.join(self.model_name_or_path, SMOOTHING_CONFIG_NAME))
+        if self.update_model_card and (self.mode != "certify" or self.num_shards > 1 or not is_folder):
+            raise ValueError(
+                "--update_model_card needs --mode certify, a whole run (--num_shards 1; merge shards, then call "
+                "smoothing_hf.hub.update_results) and a local smoothing folder as --model_name_or_path"
+            )
 
 
 def main() -> None:
@@ -67,6 +82,8 @@ def main() -> None:
     if PartialState().is_main_process:
         print(f"sigma = {model.sigma}, n0 = {args.n0}, n = {args.n}, alpha = {args.alpha}, {summary['num_examples']} examples")
         print(format_summary(summary) if args.mode == "certify" else f"accuracy {summary['accuracy']:.4f}, abstain {summary['abstain_rate']:.4f}")
+        if args.update_model_card:
+            update_results(args.model_name_or_path, summary, dataset_name=args.dataset_name or args.validation_dir, split=args.split)
 
 
 if __name__ == "__main__":

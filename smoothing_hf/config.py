@@ -12,6 +12,37 @@ from .core import check_sigma
 
 SMOOTHING_CONFIG_NAME = "smoothing_config.json"
 
+TRAINING_KEYS = {
+    "dataset": "Dataset the adapter was trained on (Hub id, embedded:<name> or a folder).",
+    "trainable_parameters": "Parameters trained (the adapter, prompts and head; all of them for `full`).",
+    "total_parameters": "Parameters of the model being trained, base included.",
+    "train_head": "Whether the classification head was trained with the adapter.",
+    "steps": "Optimizer steps.",
+    "epochs": "Epochs over the training set.",
+    "num_noise_samples": "Noisy copies of each image per batch.",
+    "consistency_weight": "Weight of the consistency loss.",
+    "noisy_accuracy": "Accuracy of the base classifier on noisy validation images after training.",
+}
+"""Keys allowed in ``SmoothingConfig.training``, with their meaning (all optional)."""
+
+CERTIFICATION_KEYS = {
+    "n0": "Selection samples per image.",
+    "n": "Estimation samples per image.",
+    "alpha": "Failure probability of each certificate.",
+    "seed": "Noise seed (example idx drew its noise from derive_seed(seed, idx)).",
+    "num_examples": "Examples certified.",
+    "skip": "Every skip-th example of the split was certified.",
+    "dataset": "Dataset certified (Hub id, embedded:<name> or a folder).",
+    "split": "Split certified.",
+    "certified_accuracy": "Certified accuracy (fraction) at each l2 radius, keyed by the radius as text ('0.25').",
+    "acr": "Average certified radius (l2, [0, 1] pixels).",
+    "abstain_rate": "Fraction of examples on which the smoothed classifier abstained.",
+    "clean_accuracy": "Accuracy of the smoothed classifier (certified accuracy at radius 0).",
+}
+"""Keys allowed in ``SmoothingConfig.certification``; n0, n, alpha, num_examples, certified_accuracy and acr
+are required."""
+REQUIRED_CERTIFICATION_KEYS = ("n0", "n", "alpha", "num_examples", "certified_accuracy", "acr")
+
 
 @dataclass
 class SmoothingConfig:
@@ -34,6 +65,17 @@ class SmoothingConfig:
     id2label: dict[str, str] | None = field(
         default=None, metadata={"help": "Class names of the classification head (recorded when saving)."}
     )
+    merged: bool = field(
+        default=False,
+        metadata={"help": "The folder holds the whole model with the adapter folded into its weights (plain transformers loads it)."},
+    )
+    training: dict | None = field(
+        default=None, metadata={"help": f"How the model was trained, when known; keys: {', '.join(TRAINING_KEYS)}."}
+    )
+    certification: dict | None = field(
+        default=None,
+        metadata={"help": f"Settings and results of the latest certification, when known; keys: {', '.join(CERTIFICATION_KEYS)}."},
+    )
 
     def __post_init__(self) -> None:
         self.sigma = check_sigma(self.sigma)
@@ -53,6 +95,12 @@ class SmoothingConfig:
             raise ValueError(f"`image_std` must be positive, got {self.image_std}")
         if self.id2label is not None:
             self.id2label = {str(key): str(value) for key, value in self.id2label.items()}
+        if not isinstance(self.merged, bool):
+            raise TypeError(f"`merged` must be a bool, got {self.merged!r}")
+        if self.training is not None:
+            self.training = dict(_check_keys(self.training, "training", TRAINING_KEYS))
+        if self.certification is not None:
+            self.certification = check_certification(self.certification)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,5 +125,64 @@ class SmoothingConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> SmoothingConfig:
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
+        """Read ``path``; a file that is not JSON, or not a smoothing config, is a ValueError naming it."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = json.load(handle)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{os.fspath(path)} is not valid JSON ({error}); re-save the model to rewrite it") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{os.fspath(path)} must hold a JSON object, got {type(values).__name__}")
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{os.fspath(path)}: {error}") from None
+
+
+def _check_keys(values: object, name: str, allowed: dict[str, str]) -> dict:
+    if not isinstance(values, dict):
+        raise TypeError(f"`{name}` must be a dict or None, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown `{name}` keys {unknown}; allowed: {sorted(allowed)}")
+    return values
+
+
+def check_certification(values: object) -> dict:
+    """A copy of a ``certification`` record, checked: the required keys, sample counts >= 1, alpha in (0, 1),
+    accuracies and the abstain rate in [0, 1], ACR >= 0, radii as text of non-negative numbers."""
+    values = dict(_check_keys(values, "certification", CERTIFICATION_KEYS))
+    missing = [key for key in REQUIRED_CERTIFICATION_KEYS if values.get(key) is None]
+    if missing:
+        raise ValueError(f"`certification` must record {list(REQUIRED_CERTIFICATION_KEYS)}; missing {missing}")
+    for key in ("n0", "n", "num_examples"):
+        if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 1:
+            raise ValueError(f"`certification['{key}']` must be a positive int, got {values[key]!r}")
+    if not _is_number(values["alpha"]) or not 0 < values["alpha"] < 1:
+        raise ValueError(f"`certification['alpha']` must be in (0, 1), got {values['alpha']!r}")
+    if not _is_number(values["acr"]) or values["acr"] < 0:
+        raise ValueError(f"`certification['acr']` must be a number >= 0, got {values['acr']!r}")
+    for key in ("abstain_rate", "clean_accuracy"):
+        if values.get(key) is not None and (not _is_number(values[key]) or not 0 <= values[key] <= 1):
+            raise ValueError(f"`certification['{key}']` must be a fraction in [0, 1], got {values[key]!r}")
+    accuracy = values["certified_accuracy"]
+    if not isinstance(accuracy, dict) or not accuracy:
+        raise ValueError(f"`certification['certified_accuracy']` must map radii to fractions, got {accuracy!r}")
+    checked = {}
+    for radius, value in accuracy.items():
+        try:
+            number = float(radius)
+        except (TypeError, ValueError):
+            number = -1.0
+        if not (math.isfinite(number) and number >= 0) or not _is_number(value) or not 0 <= value <= 1:
+            raise ValueError(
+                f"`certification['certified_accuracy']` must map radii >= 0 (as text, e.g. '0.25') to fractions in "
+                f"[0, 1], got {radius!r}: {value!r}"
+            )
+        checked[f"{number:g}"] = float(value)
+    values["certified_accuracy"] = dict(sorted(checked.items(), key=lambda item: float(item[0])))
+    return values
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -8,27 +8,39 @@ PEFT adapter, if any). ``predict``/``certify`` delegate to ``Smoother`` at the m
 from __future__ import annotations
 
 import copy
+import json
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from huggingface_hub import CommitInfo
 from peft import PeftConfig, PeftModel, get_peft_model
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import cached_file
 
+try:
+    from transformers.utils.hub import resolve_revision
+except ImportError:  # transformers releases that do not resolve revisions to commits themselves
+    resolve_revision = None
+
 from .config import SMOOTHING_CONFIG_NAME, SmoothingConfig
 from .core import Certificate, Smoother
-from .methods import METHODS, apply_method, head_module_names
+from .hub import MODEL_CARD_NAME, certification_record, push_folder, write_model_card
+from .methods import METHODS, apply_method, head_module_names, trainable_parameters
 from .transforms import PixelTransform
 
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
 WEIGHTS_NAME = "smoothing_weights.safetensors"
 """Trainable weights of our own methods (adapter, vpt, linear): adapters, prompts, the head."""
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+FULL_WEIGHTS_NAME = "model.safetensors"
+"""peft's adapter files (peft methods) and transformers' weights (``full``, merged models)."""
 
 
 class SmoothedImageClassifier(torch.nn.Module):
@@ -98,6 +110,10 @@ class SmoothedImageClassifier(torch.nn.Module):
         file download.
         """
         hub_kwargs = {k: v for k, v in model_kwargs.items() if k in HUB_KWARGS}
+        # Every file of this load comes from one state of the repo: a branch is resolved to its commit once.
+        revision = _resolve_revision(pretrained_model_name_or_path, hub_kwargs)
+        if revision is not None:
+            hub_kwargs["revision"] = model_kwargs["revision"] = revision
         config_file = cached_file(
             pretrained_model_name_or_path, SMOOTHING_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
         )
@@ -108,6 +124,7 @@ class SmoothedImageClassifier(torch.nn.Module):
                     "`method`/`peft_config` must not be given"
                 )
             return cls._from_smoothing_folder(pretrained_model_name_or_path, config_file, sigma, hub_kwargs)
+        _refuse_weights_without_config(pretrained_model_name_or_path, hub_kwargs)
         if sigma is None:
             raise ValueError(
                 f"`sigma` is required: {pretrained_model_name_or_path!r} is a base model (no {SMOOTHING_CONFIG_NAME})"
@@ -151,7 +168,7 @@ class SmoothedImageClassifier(torch.nn.Module):
             image_mean=list(image_mean) if image_mean is not None else mean,
             image_std=list(image_std) if image_std is not None else std,
             base_model_name_or_path=str(pretrained_model_name_or_path),
-            base_model_revision=model_kwargs.get("revision") or getattr(model.config, "_commit_hash", None),
+            base_model_revision=getattr(revision, "resolved", None) or (str(revision) if revision is not None else None),
             peft_method=method_name,
             method_options=dict(method_options or {}) if peft_config is None else {},
         )
@@ -161,6 +178,8 @@ class SmoothedImageClassifier(torch.nn.Module):
     def _from_smoothing_folder(
         cls, name_or_path: str | os.PathLike, config_file: str, sigma: float | None, hub_kwargs: dict[str, Any]
     ) -> SmoothedImageClassifier:
+        """Load what ``save_pretrained`` wrote: the base model the config names (at its recorded revision; the
+        other Hub arguments apply to it too), then the adapter, checked against the config before use."""
         config = SmoothingConfig.from_json_file(config_file)
         if sigma is not None and float(sigma) != config.sigma:
             raise ValueError(
@@ -168,36 +187,132 @@ class SmoothedImageClassifier(torch.nn.Module):
                 "certified at the sigma it was trained for: omit `sigma` or pass the saved value"
             )
         method = config.peft_method
-        if method == "full":
-            model = AutoModelForImageClassification.from_pretrained(name_or_path, **hub_kwargs)
+        if method is not None and method not in METHODS:
+            raise ValueError(f"{config_file} names an unknown method {method!r}; allowed: {sorted(METHODS)}")
+        base_kwargs = {k: v for k, v in hub_kwargs.items() if k != "revision"}
+        if config.merged or method == "full":  # the whole model is in the folder
+            _check_safetensors(_required_file(name_or_path, FULL_WEIGHTS_NAME, config, hub_kwargs, sharded=True))
+            model = AutoModelForImageClassification.from_pretrained(name_or_path, use_safetensors=True, **hub_kwargs)
+        elif method is None:
+            model = _load_base_model(config, base_kwargs)
+        elif METHODS[method].is_peft:
+            adapter_config = _required_file(name_or_path, ADAPTER_CONFIG_NAME, config, hub_kwargs)
+            weights = _required_file(name_or_path, ADAPTER_WEIGHTS_NAME, config, hub_kwargs)
+            _check_safetensors(weights)
+            _check_same_base(config, _read_json(adapter_config).get("base_model_name_or_path"), adapter_config)
+            # Both files lie in one folder (the repo's snapshot at one commit): peft reads them there, so it
+            # never falls back to a pickled adapter_model.bin.
+            model = PeftModel.from_pretrained(_load_base_model(config, base_kwargs), os.path.dirname(weights))
         else:
-            model = _load_base_model(config)
-            if method is not None and method in METHODS and METHODS[method].is_peft:
-                model = PeftModel.from_pretrained(model, name_or_path, **hub_kwargs)
-            elif method is not None:
-                model = apply_method(model, method, **config.method_options)
-                weights = cached_file(name_or_path, WEIGHTS_NAME, **hub_kwargs)
-                _load_trainable_state(model, load_file(weights), weights)
+            weights = _required_file(name_or_path, WEIGHTS_NAME, config, hub_kwargs)
+            metadata = _check_safetensors(weights)
+            _check_same_base(config, metadata.get("base_model_name_or_path"), weights)
+            model = apply_method(_load_base_model(config, base_kwargs), method, **config.method_options)
+            _load_trainable_state(model, load_file(weights), weights)
         return cls(model, config, _load_image_processor(name_or_path, hub_kwargs))
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, merge_adapter: bool = False, model_card: bool = True, model_id: str | None = None
+    ) -> None:
         """Write this model so that ``from_pretrained(save_directory)`` restores it: the adapter (peft's
         files for peft methods, ``smoothing_weights.safetensors`` for ours, the whole model for ``full``),
-        the image processor, and ``smoothing_config.json``. Files are written to a temporary folder and moved
-        in one by one, the config last, so a folder with a config is complete. Safetensors only."""
+        the image processor, ``smoothing_config.json`` (with the trainable parameter count, and the latest
+        certification when recorded) and a ``README.md`` model card (``smoothing_hf.hub.model_card``; its
+        loading snippet loads ``model_id``, default ``save_directory``).
+
+        With ``merge_adapter`` the folder holds the whole model with the adapter folded into its weights
+        instead: plain ``transformers`` loads it (``AutoModelForImageClassification``); peft methods, ``linear``
+        and ``full`` only (bottleneck adapters and prompts are not weights of the base architecture).
+
+        Files are written to a temporary folder and moved in one by one, the config last, so a folder with a
+        config is complete. Safetensors only."""
         os.makedirs(save_directory, exist_ok=True)
         config = copy.deepcopy(self.config)
         config.id2label = {str(k): str(v) for k, v in self.model.config.id2label.items()}
+        config.training = self._training_record()
         with tempfile.TemporaryDirectory(dir=save_directory, prefix=".tmp-") as staging:
-            if isinstance(self.model, PeftModel) or config.peft_method == "full":
+            if merge_adapter and not config.merged and config.peft_method != "full":
+                self._merged_model().save_pretrained(staging)
+                config.merged = True
+            elif isinstance(self.model, PeftModel) or config.merged or config.peft_method == "full":
                 self.model.save_pretrained(staging)
             elif config.peft_method is not None:
-                save_file({k: v.detach().contiguous() for k, v in _trainable_state(self.model).items()}, os.path.join(staging, WEIGHTS_NAME))
+                state = {k: v.detach().contiguous() for k, v in _trainable_state(self.model).items()}
+                metadata = {"format": "pt", "peft_method": config.peft_method}
+                if config.base_model_name_or_path is not None:
+                    metadata["base_model_name_or_path"] = config.base_model_name_or_path
+                save_file(state, os.path.join(staging, WEIGHTS_NAME), metadata=metadata)
             if self.image_processor is not None:
                 self.image_processor.save_pretrained(staging)
+            if model_card:  # after the model's own files: peft writes a README.md of its own
+                write_model_card(config, os.path.join(staging, MODEL_CARD_NAME), model_id or os.fspath(save_directory))
             config.to_json_file(os.path.join(staging, SMOOTHING_CONFIG_NAME))
             for name in sorted(os.listdir(staging), key=lambda n: n == SMOOTHING_CONFIG_NAME):
                 os.replace(os.path.join(staging, name), os.path.join(save_directory, name))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        merge_adapter: bool = False,
+    ) -> CommitInfo:
+        """Upload what ``save_pretrained`` writes (adapter, image processor, config, model card) to the Hub repo
+        ``repo_id`` in one commit, creating the repo (``private``) and the branch ``revision`` when needed;
+        ``create_pr`` opens a pull request. Returns ``huggingface_hub.CommitInfo``. See
+        ``smoothing_hf.hub.push_folder``."""
+        with tempfile.TemporaryDirectory(prefix="smoothing-push-") as folder:
+            self.save_pretrained(folder, merge_adapter=merge_adapter, model_id=repo_id)
+            return push_folder(
+                folder, repo_id, commit_message=commit_message, commit_description=commit_description, private=private,
+                token=token, revision=revision, create_pr=create_pr, rewrite_card=False,
+            )
+
+    def record_certification(self, summary: dict, *, dataset_name: str | None = None, split: str | None = None) -> None:
+        """Keep the results of ``smoothing_hf.pipeline.certify`` (its returned summary or ``summary.json``) in
+        ``config.certification``, for the next ``save_pretrained``/``push_to_hub`` (config and model card).
+        The summary must come from certify mode, a whole run, this model and its sigma."""
+        self.config.certification = certification_record(self.config, summary, dataset_name=dataset_name, split=split)
+
+    def record_training(self, *, dataset_name: str | None = None, **details: Any) -> None:
+        """Note how the model was trained in ``config.training`` for its model card: ``dataset_name`` and
+        ``details`` among ``smoothing_hf.config.TRAINING_KEYS`` (steps, epochs, num_noise_samples, ...)."""
+        training = {**(self.config.training or {}), **details}
+        if dataset_name is not None:
+            training["dataset"] = dataset_name
+        self.config.training = SmoothingConfig(**{**self.config.to_dict(), "training": training}).training
+
+    def _training_record(self) -> dict | None:
+        """``config.training`` with the trainable and total parameter counts when they are known: counted
+        from ``requires_grad`` on a model prepared for training, kept from the config on a reloaded one (whose
+        peft adapter is frozen)."""
+        training = dict(self.config.training or {})
+        if self.config.peft_method is not None and not self.config.merged:
+            trainable, total = trainable_parameters(self.model)
+            if trainable > 0:
+                base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+                heads = [f".{head}." for head in head_module_names(base)]
+                train_head = any(p.requires_grad and any(h in f".{n}" for h in heads) for n, p in self.model.named_parameters())
+                training.update(trainable_parameters=trainable, total_parameters=total, train_head=train_head)
+        return training or None
+
+    def _merged_model(self) -> PreTrainedModel:
+        """A copy of the base model with the adapter folded into its weights (peft's ``merge_and_unload``);
+        the model itself for methods that add no modules (``linear``, none)."""
+        method = self.config.peft_method
+        if isinstance(self.model, PeftModel):
+            return copy.deepcopy(self.model).merge_and_unload()
+        if method in (None, "linear"):
+            return self.model
+        raise ValueError(
+            f"`merge_adapter=True` needs a method whose update folds into the base weights (peft methods, 'linear', "
+            f"'full'); {method!r} adds modules of its own: save it without `merge_adapter`"
+        )
 
     def train(self, mode: bool = True) -> SmoothedImageClassifier:
         """Set training mode; frozen BatchNorm layers stay in eval mode, so a frozen backbone's running
@@ -278,18 +393,105 @@ def _load_image_processor(name_or_path: str | os.PathLike, hub_kwargs: dict[str,
         return None
 
 
-def _load_base_model(config: SmoothingConfig) -> PreTrainedModel:
-    """The base model a smoothing config names, with the head shape the adapter was trained with."""
-    if config.base_model_name_or_path is None:
+def _load_base_model(config: SmoothingConfig, hub_kwargs: dict[str, Any]) -> PreTrainedModel:
+    """The base model a smoothing config names, at its recorded revision, with the head shape the adapter was
+    trained with. ``hub_kwargs`` (token, cache_dir, local_files_only, ...) go to its downloads."""
+    name = config.base_model_name_or_path
+    if name is None:
         raise ValueError(f"{SMOOTHING_CONFIG_NAME} names no base model (`base_model_name_or_path`)")
-    kwargs: dict[str, Any] = {"revision": config.base_model_revision}
-    if config.id2label is not None:
-        id2label = {int(k): v for k, v in config.id2label.items()}
-        kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
-        base_config = AutoConfig.from_pretrained(config.base_model_name_or_path, revision=config.base_model_revision)
-        if base_config.num_labels != len(id2label):  # a new head for a downstream label set
-            kwargs.update(num_labels=len(id2label), ignore_mismatched_sizes=True)
-    return AutoModelForImageClassification.from_pretrained(config.base_model_name_or_path, **kwargs)
+    kwargs: dict[str, Any] = {**hub_kwargs, "revision": config.base_model_revision}
+    try:
+        if config.id2label is not None:
+            id2label = {int(k): v for k, v in config.id2label.items()}
+            kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
+            base_config = AutoConfig.from_pretrained(name, **{**hub_kwargs, "revision": config.base_model_revision})
+            if base_config.num_labels != len(id2label):  # a new head for a downstream label set
+                kwargs.update(num_labels=len(id2label), ignore_mismatched_sizes=True)
+        return AutoModelForImageClassification.from_pretrained(name, **kwargs)
+    except OSError as error:
+        revision = f" at revision {config.base_model_revision!r}" if config.base_model_revision else ""
+        raise OSError(
+            f"the base model {name!r}{revision} that {SMOOTHING_CONFIG_NAME} names could not be loaded; the adapter "
+            f"needs it (a Hub id, or a folder on this machine): {error}"
+        ) from error
+
+
+def _resolve_revision(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> str | None:
+    """``revision`` resolved to a commit for a Hub repo (a ``huggingface_hub.ResolvedRevision``, whose
+    ``resolved`` is the commit), as transformers does for each load; unchanged for a folder or when the Hub
+    cannot say (the download then reports the error)."""
+    if resolve_revision is None:
+        return hub_kwargs.get("revision")
+    return resolve_revision(
+        name_or_path, hub_kwargs.get("revision"), token=hub_kwargs.get("token"),
+        local_files_only=bool(hub_kwargs.get("local_files_only")), cache_dir=hub_kwargs.get("cache_dir"),
+    )
+
+
+def _refuse_weights_without_config(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> None:
+    """A folder or repo with adapter weights but no smoothing_config.json is an error: it is not a base model,
+    and its sigma and normalization are unknown."""
+    for filename in (ADAPTER_CONFIG_NAME, WEIGHTS_NAME):
+        if cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs) is not None:
+            raise ValueError(
+                f"{os.fspath(name_or_path)!r} holds adapter files ({filename}) but no {SMOOTHING_CONFIG_NAME}, so it is "
+                "not a smoothing model (its sigma and normalization are unknown) nor a base model. Load it with the "
+                "SmoothedImageClassifier.save_pretrained folder it came from, or smooth its base model with "
+                "`from_pretrained(base, sigma=..., peft_config=...)`"
+            )
+
+
+def _required_file(
+    name_or_path: str | os.PathLike, filename: str, config: SmoothingConfig, hub_kwargs: dict[str, Any], sharded: bool = False
+) -> str:
+    """The local path of ``filename`` in the folder or repo; a missing file is a ValueError that says why it
+    is needed. With ``sharded``, a safetensors index (sharded weights) stands in for the file."""
+    path = cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    if path is None and sharded:
+        index = f"{filename}.index.json"
+        path = cached_file(name_or_path, index, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    if path is None:
+        what = "the whole model" if config.merged or config.peft_method == "full" else f"the {config.peft_method} adapter"
+        raise ValueError(
+            f"{os.fspath(name_or_path)!r} has no {filename}, which holds {what} that its {SMOOTHING_CONFIG_NAME} "
+            "describes (weights are loaded from safetensors only); save the model again"
+        )
+    return path
+
+
+def _check_safetensors(path: str) -> dict[str, str]:
+    """The metadata of the safetensors file ``path``, after checking that its header is whole and covers the
+    file; a corrupt or truncated file is a ValueError naming it. (A sharded model's index is left to
+    transformers.)"""
+    if path.endswith(".index.json"):
+        return {}
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:  # safetensors raises its own SafetensorError (not an OSError) for a bad file
+        raise ValueError(f"{path} is not a readable safetensors file ({error}); it is corrupt or truncated: save or download it again") from None
+
+
+def _check_same_base(config: SmoothingConfig, adapter_base: str | None, source: str) -> None:
+    """The adapter's own record of its base model (peft's adapter_config.json, our weights' metadata) must
+    agree with the base model that smoothing_config.json names."""
+    configured = config.base_model_name_or_path
+    if adapter_base and configured and os.path.normpath(adapter_base) != os.path.normpath(configured):
+        raise ValueError(
+            f"{SMOOTHING_CONFIG_NAME} names the base model {configured!r}, but {source} was trained on {adapter_base!r}: "
+            "an adapter only fits the model it was trained on; fix `base_model_name_or_path` in one of the two files"
+        )
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}")
+    return values
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -303,10 +505,18 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    expected = set(_trainable_state(model))
-    if set(state) != expected:
+    """Load the saved trainable weights into ``model``; their names and shapes must be the model's (a
+    different base model, or other method options, give other ones)."""
+    expected = _trainable_state(model)
+    if set(state) != set(expected):
         raise ValueError(
-            f"{source} does not match the model its config describes: missing {sorted(expected - set(state))[:5]}, "
-            f"unexpected {sorted(set(state) - expected)[:5]}"
+            f"{source} does not match the model its config describes (another base model or method options?): "
+            f"missing {sorted(set(expected) - set(state))[:5]}, unexpected {sorted(set(state) - set(expected))[:5]}"
+        )
+    shapes = [f"{name}: {tuple(state[name].shape)} saved, {tuple(tensor.shape)} in the model"
+              for name, tensor in expected.items() if state[name].shape != tensor.shape]
+    if shapes:
+        raise ValueError(
+            f"{source} was trained on a different base model than the one its config names: {'; '.join(shapes[:3])}"
         )
     model.load_state_dict(state, strict=False)
