@@ -126,17 +126,23 @@ class SmoothingConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> SmoothingConfig:
         """Read ``path``; a file that is not JSON, or not a smoothing config, is a ValueError naming it."""
-        try:
-            with open(path, encoding="utf-8") as handle:
-                values = json.load(handle)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{os.fspath(path)} is not valid JSON ({error}); re-save the model to rewrite it") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{os.fspath(path)} must hold a JSON object, got {type(values).__name__}")
+        values = read_json_object(path)
         try:
             return cls.from_dict(values)
         except (TypeError, ValueError) as error:
             raise type(error)(f"{os.fspath(path)}: {error}") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``; invalid JSON or another JSON type is a ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{os.fspath(path)} is not valid JSON ({error}); re-save the model to rewrite it") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{os.fspath(path)} must hold a JSON object, got {type(values).__name__}")
+    return values
 
 
 def _check_keys(values: object, name: str, allowed: dict[str, str]) -> dict:

@@ -28,7 +28,7 @@ try:
 except ImportError:  # transformers releases that do not resolve revisions to commits themselves
     resolve_revision = None
 
-from .config import SMOOTHING_CONFIG_NAME, SmoothingConfig
+from .config import SMOOTHING_CONFIG_NAME, SmoothingConfig, read_json_object
 from .core import Certificate, Smoother
 from .hub import MODEL_CARD_NAME, certification_record, push_folder, write_model_card
 from .methods import METHODS, apply_method, head_module_names, trainable_parameters
@@ -199,7 +199,7 @@ class SmoothedImageClassifier(torch.nn.Module):
             adapter_config = _required_file(name_or_path, ADAPTER_CONFIG_NAME, config, hub_kwargs)
             weights = _required_file(name_or_path, ADAPTER_WEIGHTS_NAME, config, hub_kwargs)
             _check_safetensors(weights)
-            _check_same_base(config, _read_json(adapter_config).get("base_model_name_or_path"), adapter_config)
+            _check_same_base(config, read_json_object(adapter_config).get("base_model_name_or_path"), adapter_config)
             # Both files lie in one folder (the repo's snapshot at one commit): peft reads them there, so it
             # never falls back to a pickled adapter_model.bin.
             model = PeftModel.from_pretrained(_load_base_model(config, base_kwargs), os.path.dirname(weights))
@@ -483,15 +483,6 @@ def _check_same_base(config: SmoothingConfig, adapter_base: str | None, source: 
         )
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = json.load(handle)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}")
-    return values
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
