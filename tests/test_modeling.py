@@ -1,5 +1,7 @@
 """SmoothedImageClassifier around real transformers models built from configs."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,13 @@ def test_smoothing_config_round_trips_through_json(tmp_path):
     config.to_json_file(tmp_path / "smoothing_config.json")
     assert SmoothingConfig.from_json_file(tmp_path / "smoothing_config.json") == config
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_base_folder_given_as_a_relative_path_is_found_from_any_directory(tiny_vit_dir, tmp_path, monkeypatch):
+    # Bug: the config recorded "runs/base" as given, so the adapter did not load from another directory.
+    monkeypatch.chdir(os.path.dirname(tiny_vit_dir))
+    model = SmoothedImageClassifier.from_pretrained(os.path.basename(tiny_vit_dir), sigma=0.25, method="lora")
+    assert model.config.base_model_name_or_path == tiny_vit_dir
+    model.save_pretrained(tmp_path / "adapter")
+    monkeypatch.chdir(tmp_path)
+    assert SmoothedImageClassifier.from_pretrained("adapter").config.base_model_name_or_path == tiny_vit_dir
