@@ -83,7 +83,7 @@ def main() -> None:
     )
     before = trainer.evaluate(metric_key_prefix="before")
     started = time.perf_counter()
-    trainer.train()
+    train_output = trainer.train()
     training_seconds = time.perf_counter() - started
     after = trainer.evaluate()
     trainable, total = trainable_parameters(model)
@@ -93,6 +93,11 @@ def main() -> None:
         "trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total,
         "training_seconds": training_seconds,
     }
+    model.record_training(
+        dataset_name=data_args.dataset_name or data_args.train_dir, steps=train_output.global_step,
+        epochs=round(train_output.metrics["epoch"], 2), num_noise_samples=smoothing_args.num_noise_samples,
+        consistency_weight=smoothing_args.consistency_weight, noisy_accuracy=after["eval_accuracy"],
+    )
     if trainer.is_world_process_zero():
         model.save_pretrained(training_args.output_dir)
         with open(os.path.join(training_args.output_dir, "train_results.json"), "w") as handle:

@@ -42,6 +42,7 @@ def test_train_then_certify(method, tiny_vit_gray_dir, tmp_path):
     assert 0 <= results["noisy_accuracy_before"] <= 1 and 0 <= results["noisy_accuracy_after"] <= 1
     model = SmoothedImageClassifier.from_pretrained(output)
     assert model.config.peft_method == method and model.sigma == 0.25
+    assert model.config.training["dataset"] == "embedded:digits" and model.config.training["steps"] == 2
 
     run_example("certify.py", "--model_name_or_path", output, "--dataset_name", "embedded:digits", "--n0", 10,
                 "--n", 50, "--alpha", 0.01, "--batch_size", 64, "--max_examples", 6, "--skip", 7,
