@@ -25,6 +25,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import ViTConfig, ViTForImageClassification
 
+from smoothing_hf.files import write_json
 from smoothing_hf import Phase, SmoothedImageClassifier, SmoothingConfig
 
 
@@ -135,9 +136,7 @@ def main() -> None:
         },
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(f"{args.output}.tmp", "w") as handle:
-        json.dump(result, handle, indent=2)
-    os.replace(f"{args.output}.tmp", args.output)
+    write_json(result, args.output)
     print(json.dumps(result, indent=2))
 
 

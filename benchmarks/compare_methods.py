@@ -10,7 +10,6 @@ accuracy at radii with ACR on the same held-out images. Writes JSON and a Markdo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -19,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import TrainingArguments
 
+from smoothing_hf.files import write_json
 from smoothing_hf import SmoothedImageClassifier, SmoothingTrainer, certify, trainable_parameters
 from smoothing_hf.data import ImageClassificationTransform, load_image_dataset
 
@@ -98,9 +98,7 @@ def main() -> None:
     rows = [run_method(method, args, dataset) for method in args.methods.split(",")]
     settings = {k: v for k, v in vars(args).items() if k != "learning_rates"}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(f"{args.output}.tmp", "w") as handle:
-        json.dump({"settings": settings, "methods": rows}, handle, indent=2)
-    os.replace(f"{args.output}.tmp", args.output)
+    write_json({"settings": settings, "methods": rows}, args.output)
     print(markdown(rows))
 
 

@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from smoothing_hf.files import write_json
 from smoothing_hf import ImageClassificationTransform, SmoothedImageClassifier, load_image_dataset
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
@@ -71,9 +72,7 @@ def main() -> None:
         "ratios": {"pipeline_1_process_over_bare": one / bare, "pipeline_2_processes_over_bare": two / bare},
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(f"{args.output}.tmp", "w") as handle:
-        json.dump(result, handle, indent=2)
-    os.replace(f"{args.output}.tmp", args.output)
+    write_json(result, args.output)
     print(json.dumps(result, indent=2))
 
 

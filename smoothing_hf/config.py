@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from .core import check_sigma
+from .files import write_text
 
 SMOOTHING_CONFIG_NAME = "smoothing_config.json"
 
@@ -110,10 +111,7 @@ class SmoothingConfig:
 
     def to_json_file(self, path: str | os.PathLike) -> None:
         """Write the config to ``path`` atomically (a temporary file renamed into place)."""
-        temporary = f"{os.fspath(path)}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(self.to_json_string())
-        os.replace(temporary, path)
+        write_text(self.to_json_string(), path)
 
     @classmethod
     def from_dict(cls, values: dict) -> SmoothingConfig:

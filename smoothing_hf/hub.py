@@ -27,6 +27,7 @@ from typing import Any
 from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
 from .config import CERTIFICATION_KEYS, SMOOTHING_CONFIG_NAME, TRAINING_KEYS, SmoothingConfig, check_certification
+from .files import write_text
 from .methods import METHODS
 
 logger = logging.getLogger(__name__)
@@ -105,11 +106,7 @@ def model_card(config: SmoothingConfig, model_id: str, template_path: str | os.P
 
 def write_model_card(config: SmoothingConfig, path: str | os.PathLike, model_id: str) -> None:
     """Render ``model_card(config, model_id)`` into ``path`` atomically (temporary file renamed into place)."""
-    text = str(model_card(config, model_id))
-    temporary = f"{os.fspath(path)}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+    write_text(str(model_card(config, model_id)), path)
 
 
 def _eval_results(config: SmoothingConfig) -> list[EvalResult]:

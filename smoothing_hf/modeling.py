@@ -8,7 +8,6 @@ PEFT adapter, if any). ``predict``/``certify`` delegate to ``Smoother`` at the m
 from __future__ import annotations
 
 import copy
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -139,8 +138,13 @@ class SmoothedImageClassifier(torch.nn.Module):
                 label2id={name: i for i, name in enumerate(new_labels)}, ignore_mismatched_sizes=True,
             )
         model = AutoModelForImageClassification.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
-        if os.path.isdir(pretrained_model_name_or_path):  # peft records model.name_or_path as the adapter's base
-            model.name_or_path = model.config.name_or_path = os.path.abspath(pretrained_model_name_or_path)
+        # A local folder is recorded as an absolute path, so a saved adapter loads from any directory; peft
+        # records model.name_or_path as the adapter's base.
+        base_name = (
+            os.path.abspath(pretrained_model_name_or_path) if os.path.isdir(pretrained_model_name_or_path)
+            else str(pretrained_model_name_or_path)
+        )
+        model.name_or_path = model.config.name_or_path = base_name
         if new_labels is not None:  # fresh even when the old head had the same shape
             for head in head_module_names(model):
                 for module in model.get_submodule(head).modules():
@@ -169,11 +173,7 @@ class SmoothedImageClassifier(torch.nn.Module):
             sigma=sigma,
             image_mean=list(image_mean) if image_mean is not None else mean,
             image_std=list(image_std) if image_std is not None else std,
-            # A local folder is recorded as an absolute path, so the saved adapter loads from any directory.
-            base_model_name_or_path=(
-                os.path.abspath(pretrained_model_name_or_path) if os.path.isdir(pretrained_model_name_or_path)
-                else str(pretrained_model_name_or_path)
-            ),
+            base_model_name_or_path=base_name,
             base_model_revision=getattr(revision, "resolved", None) or (str(revision) if revision is not None else None),
             peft_method=method_name,
             method_options=dict(method_options or {}) if peft_config is None else {},

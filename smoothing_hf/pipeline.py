@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import math
 import os
 import time
@@ -26,7 +25,9 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, reduce
 from tqdm.auto import tqdm
 
+from .config import read_json_object
 from .core import ABSTAIN, Smoother, certificates_from_counts, predictions_from_counts
+from .files import atomic_path, write_json
 from .modeling import SmoothedImageClassifier
 from .noise import Phase, chunk_sizes, derive_seed
 from .reporting import DEFAULT_RADII, plot_certified_accuracy, summarize
@@ -139,7 +140,7 @@ def certify(
                 predictions=[r["predict"] for r in rows], radii=[r["radius"] for r in rows],
                 references=[r["label"] for r in rows],
             )
-            _write_json(summary, os.path.join(output_dir, "summary.json"))
+            write_json(summary, os.path.join(output_dir, "summary.json"))
     state.wait_for_everyone()
     return summary if summary is not None else _read_json(os.path.join(output_dir, "summary.json"))
 
@@ -172,7 +173,7 @@ def merge_shards(shard_dirs: Sequence[str | os.PathLike], output_dir: str | os.P
         raise ValueError(f"example indices {missing[:10]} ({len(missing)} in all) are missing from the shards")
     os.makedirs(output_dir, exist_ok=True)
     merged = {**first, "num_shards": 1, "shard_index": 0}
-    _write_json(merged, os.path.join(output_dir, SETTINGS_NAME))
+    write_json(merged, os.path.join(output_dir, SETTINGS_NAME))
     return _finish(sorted(rows, key=lambda r: r["idx"]), merged, output_dir, mode, radii, None)
 
 
@@ -198,7 +199,7 @@ def _resume(output_dir: str | os.PathLike, settings: dict, mode: str, state: Par
     if state.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         if not os.path.exists(path):
-            _write_json(settings, path)
+            write_json(settings, path)
     state.wait_for_everyone()
     recorded = _read_json(path)
     differing = sorted(k for k in RESUME_KEYS if recorded.get(k) != settings[k])
@@ -263,7 +264,7 @@ def _finish(rows: list[dict], settings: dict, output_dir: str | os.PathLike, mod
         summary = {"num_examples": len(rows), "accuracy": float(np.mean([r["correct"] for r in rows])),
                    "abstain_rate": float(np.mean([r["predict"] == ABSTAIN for r in rows]))}
     summary.update(settings=settings, samples_per_second=samples_per_second)
-    _write_json(summary, os.path.join(output_dir, "summary.json"))
+    write_json(summary, os.path.join(output_dir, "summary.json"))
     for file in glob.glob(os.path.join(output_dir, "progress-*.tsv")):
         os.remove(file)
     return summary
@@ -277,12 +278,10 @@ def _format(value: Any) -> str:
 
 
 def _write_rows(rows: list[dict], path: str, mode: str) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(COLUMNS[mode])
         writer.writerows([_format(row[column]) for column in COLUMNS[mode]] for row in rows)
-    os.replace(temporary, path)
 
 
 def _read_rows(path: str, mode: str) -> list[dict]:
@@ -309,14 +308,7 @@ def _merge_rows(rows: list[dict]) -> list[dict]:
     return [by_index[i] for i in sorted(by_index)]
 
 
-def _write_json(value: dict, path: str) -> None:
-    with open(f"{path}.tmp", "w") as handle:
-        json.dump(value, handle, indent=2)
-    os.replace(f"{path}.tmp", path)
-
-
 def _read_json(path: str) -> dict:
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist: not a certification output folder")
-    with open(path) as handle:
-        return json.load(handle)
+    return read_json_object(path)

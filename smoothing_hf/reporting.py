@@ -8,15 +8,16 @@ Plots need matplotlib (``pip install smoothing_hf[examples]``); everything else 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import numbers
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from .files import atomic_path, write_text
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
@@ -33,7 +34,7 @@ def write_tsv(rows: Iterable[dict], path: str | os.PathLike) -> None:
     """Write rows with Cohen's columns, tab-separated, atomically (temporary file renamed into place).
 
     Radius in [0, 1] pixel-space l2 units, written exactly (``repr``); time in seconds."""
-    with _atomic(path) as temporary, open(temporary, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(TSV_COLUMNS)
         for row in rows:
@@ -152,7 +153,7 @@ def plot_certified_accuracy(
     axes.legend()
     if title is not None:
         axes.set_title(title)
-    with _atomic(path) as temporary:
+    with atomic_path(path) as temporary:
         figure.savefig(temporary, format=extension, dpi=150)
 
 
@@ -234,14 +235,14 @@ def write_report(
         {row["name"]: os.path.join(row["folder"], CERTIFY_TSV) for row in rows},
         os.path.join(output_dir, REPORT_FILES[2]), max_radius=max_radius,
     )
-    _write_text(
+    write_text(
         "# Certified accuracy\n\n"
         "Certified accuracy (%) at l2 radius r (pixels in [0, 1]) and average certified radius (ACR) of each run; "
         "`*` marks the best value per column.\n\n"
         f"{markdown}\n\n![certified accuracy against radius]({REPORT_FILES[2]})\n",
         os.path.join(output_dir, REPORT_FILES[0]),
     )
-    _write_text(comparison_latex(rows, radii) + "\n", os.path.join(output_dir, REPORT_FILES[1]))
+    write_text(comparison_latex(rows, radii) + "\n", os.path.join(output_dir, REPORT_FILES[1]))
     return markdown
 
 
@@ -326,22 +327,3 @@ def _read_json(path: str) -> dict:
             return json.load(handle)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not valid JSON ({error})") from None
-
-
-def _write_text(text: str, path: str | os.PathLike) -> None:
-    with _atomic(path) as temporary, open(temporary, "w") as handle:
-        handle.write(text)
-
-
-@contextlib.contextmanager
-def _atomic(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary name beside ``path`` with the same extension (writers that infer the format
-    from it keep working); rename it to ``path`` when the block succeeds, remove it when it fails."""
-    root, extension = os.path.splitext(os.fspath(path))
-    temporary = f"{root}.tmp-{os.getpid()}{extension}"
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)

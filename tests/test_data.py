@@ -19,7 +19,6 @@ from smoothing_hf import (
     prepare_columns,
 )
 
-from conftest import tiny_vit
 
 COLORS = {"cat": 10, "dog": 120, "eel": 250}  # each class's images are filled with its own gray level
 

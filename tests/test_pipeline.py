@@ -1,7 +1,6 @@
 """certify(): resumable, shardable, sample-parallel dataset certification with identical rows either way."""
 
 import os
-import shutil
 
 import pytest
 import torch
