@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .core import check_sigma
 from .files import write_text
+from .input_modules import check_input_module_record
 
 SMOOTHING_CONFIG_NAME = "smoothing_config.json"
 
@@ -23,6 +24,8 @@ TRAINING_KEYS = {
     "num_noise_samples": "Noisy copies of each image per batch.",
     "consistency_weight": "Weight of the consistency loss.",
     "noisy_accuracy": "Accuracy of the base classifier on noisy validation images after training.",
+    "objective": "Training objective of an input module (e.g. 'mse' or 'stability' for a denoiser).",
+    "queries": "Images sent to the black-box target while training a coordinator (each image of a batch counts).",
 }
 """Keys allowed in ``SmoothingConfig.training``, with their meaning (all optional)."""
 
@@ -66,6 +69,10 @@ class SmoothingConfig:
     id2label: dict[str, str] | None = field(
         default=None, metadata={"help": "Class names of the classification head (recorded when saving)."}
     )
+    input_module: dict | None = field(
+        default=None,
+        metadata={"help": "Pixel-to-pixel module before the frozen base model (denoiser, black-box coordinator): {'type', 'options'}."},
+    )
     merged: bool = field(
         default=False,
         metadata={"help": "The folder holds the whole model with the adapter folded into its weights (plain transformers loads it)."},
@@ -96,6 +103,8 @@ class SmoothingConfig:
             raise ValueError(f"`image_std` must be positive, got {self.image_std}")
         if self.id2label is not None:
             self.id2label = {str(key): str(value) for key, value in self.id2label.items()}
+        if self.input_module is not None:
+            self.input_module = check_input_module_record(self.input_module)
         if not isinstance(self.merged, bool):
             raise TypeError(f"`merged` must be a bool, got {self.merged!r}")
         if self.training is not None:

@@ -28,6 +28,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, M
 
 from .config import CERTIFICATION_KEYS, SMOOTHING_CONFIG_NAME, TRAINING_KEYS, SmoothingConfig, check_certification
 from .files import write_text
+from .input_modules import input_module_class
 from .methods import METHODS
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ def model_card(config: SmoothingConfig, model_id: str, template_path: str | os.P
         base_model_revision=config.base_model_revision,
         sigma=config.sigma,
         method=method,
+        input_module=config.input_module,
+        input_module_description=input_module_class(config.input_module["type"]).description if config.input_module else None,
         method_description=METHODS[method].description if method in METHODS else method,
         method_options=", ".join(f"{k}={v!r}" for k, v in sorted(config.method_options.items())),
         merged=config.merged,

@@ -1,8 +1,8 @@
 """``SmoothedImageClassifier``: any ``AutoModelForImageClassification`` made a smoothed classifier.
 
-It takes un-normalized pixels in [0, 1] (the space the noise and the certified radius live in),
-normalizes them with the base model's mean/std as its first step, and runs the base model (with its
-PEFT adapter, if any). ``predict``/``certify`` delegate to ``Smoother`` at the model's own sigma.
+It takes un-normalized pixels in [0, 1] (the space the noise and the certified radius live in), passes them
+through its input module if it has one (a denoiser or a black-box coordinator, ``smoothing_hf.input_modules``),
+normalizes them with the base model's mean/std, and runs the base model (with its PEFT adapter, if any). ``predict``/``certify`` delegate to ``Smoother`` at the model's own sigma.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from huggingface_hub import CommitInfo
 from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import cached_file
@@ -30,6 +30,7 @@ except ImportError:  # transformers releases that do not resolve revisions to co
 from .config import SMOOTHING_CONFIG_NAME, SmoothingConfig, read_json_object
 from .core import Certificate, Smoother
 from .hub import MODEL_CARD_NAME, certification_record, push_folder, write_model_card
+from .input_modules import INPUT_MODULE_WEIGHTS_NAME, InputModule, input_module_from_record
 from .methods import METHODS, apply_method, head_module_names, trainable_parameters
 from .transforms import PixelTransform
 
@@ -49,10 +50,22 @@ class SmoothedImageClassifier(torch.nn.Module):
         model: the base ``PreTrainedModel`` (or a ``PeftModel`` around one) for image classification.
         config: sigma and the normalization the base model expects.
         image_processor: the base model's image processor, used for ``image_transform`` and saved with it.
+        input_module: a pixel-to-pixel ``InputModule`` run on the (noisy) pixels before the base model: a
+            denoiser or a black-box coordinator; ``config.input_module`` records it.
     """
 
-    def __init__(self, model: PreTrainedModel | PeftModel, config: SmoothingConfig, image_processor: Any = None) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel | PeftModel,
+        config: SmoothingConfig,
+        image_processor: Any = None,
+        input_module: InputModule | None = None,
+    ) -> None:
         super().__init__()
+        if input_module is not None and not isinstance(input_module, InputModule):
+            raise TypeError(
+                f"`input_module` must be a smoothing_hf.input_modules.InputModule or None, got {type(input_module).__name__}"
+            )
         if not isinstance(model, (PreTrainedModel, PeftModel)):
             raise TypeError(f"`model` must be a transformers PreTrainedModel or a peft PeftModel, got {type(model).__name__}")
         if not isinstance(config, SmoothingConfig):
@@ -66,6 +79,8 @@ class SmoothedImageClassifier(torch.nn.Module):
         self.model = model
         self.config = config
         self.image_processor = image_processor
+        self.input_module = input_module
+        self.config.input_module = input_module.record() if input_module is not None else None
         self.register_buffer("image_mean", torch.tensor(config.image_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(config.image_std).view(1, -1, 1, 1), persistent=False)
 
@@ -93,6 +108,7 @@ class SmoothedImageClassifier(torch.nn.Module):
         new_labels: Sequence[str] | None = None,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
+        input_module: InputModule | None = None,
         **model_kwargs: Any,
     ) -> SmoothedImageClassifier:
         """Load a smoothed classifier, or smooth a base classifier at ``sigma``. Hub ids and local folders
@@ -103,7 +119,8 @@ class SmoothedImageClassifier(torch.nn.Module):
         ``AutoModelForImageClassification``: its normalization comes from ``AutoImageProcessor``
         (``image_mean``/``image_std`` override it, and are required when there is no processor), and
         ``method`` (a ``smoothing_hf.methods.METHODS`` name, with ``method_options``) or a ``peft_config``
-        prepares it for fine-tuning. ``new_labels`` (class names) gives the base a new, freshly initialized
+        prepares it for fine-tuning; or ``input_module`` (a denoiser, a black-box coordinator) goes in front of
+        the base model, which is then frozen whole. ``new_labels`` (class names) gives the base a new, freshly initialized
         classification head for a downstream label set (joint adaptation). ``model_kwargs`` go to the model
         loader; the Hub arguments among them (revision, token, cache_dir, local_files_only, ...) go to every
         file download.
@@ -117,10 +134,10 @@ class SmoothedImageClassifier(torch.nn.Module):
             pretrained_model_name_or_path, SMOOTHING_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
         )
         if config_file is not None:
-            if method is not None or peft_config is not None:
+            if method is not None or peft_config is not None or input_module is not None:
                 raise ValueError(
                     f"{pretrained_model_name_or_path!r} is a saved smoothing model; it brings its own method, so "
-                    "`method`/`peft_config` must not be given"
+                    "`method`/`peft_config`/`input_module` must not be given"
                 )
             return cls._from_smoothing_folder(pretrained_model_name_or_path, config_file, sigma, hub_kwargs)
         _refuse_weights_without_config(pretrained_model_name_or_path, hub_kwargs)
@@ -128,8 +145,8 @@ class SmoothedImageClassifier(torch.nn.Module):
             raise ValueError(
                 f"`sigma` is required: {pretrained_model_name_or_path!r} is a base model (no {SMOOTHING_CONFIG_NAME})"
             )
-        if method is not None and peft_config is not None:
-            raise ValueError("pass either `method` or `peft_config`, not both")
+        if sum(option is not None for option in (method, peft_config, input_module)) > 1:
+            raise ValueError("pass at most one of `method`, `peft_config` and `input_module`")
         if new_labels is not None:
             if not new_labels or len(set(new_labels)) != len(new_labels):
                 raise ValueError(f"`new_labels` must be distinct class names, at least one, got {new_labels!r}")
@@ -169,6 +186,8 @@ class SmoothedImageClassifier(torch.nn.Module):
             model = apply_method(model, method, **(method_options or {}))
         else:
             method_name = None
+            if input_module is not None:
+                model.requires_grad_(False)
         config = SmoothingConfig(
             sigma=sigma,
             image_mean=list(image_mean) if image_mean is not None else mean,
@@ -178,7 +197,7 @@ class SmoothedImageClassifier(torch.nn.Module):
             peft_method=method_name,
             method_options=dict(method_options or {}) if peft_config is None else {},
         )
-        return cls(model, config, image_processor)
+        return cls(model, config, image_processor, input_module)
 
     @classmethod
     def _from_smoothing_folder(
@@ -215,7 +234,18 @@ class SmoothedImageClassifier(torch.nn.Module):
             _check_same_base(config, metadata.get("base_model_name_or_path"), weights)
             model = apply_method(_load_base_model(config, base_kwargs), method, **config.method_options)
             _load_trainable_state(model, load_file(weights), weights)
-        return cls(model, config, _load_image_processor(name_or_path, hub_kwargs))
+        input_module = None
+        if config.input_module is not None:
+            input_module = input_module_from_record(config.input_module)
+            weights = _required_file(name_or_path, INPUT_MODULE_WEIGHTS_NAME, config, hub_kwargs)
+            _check_same_base(config, _check_safetensors(weights).get("base_model_name_or_path"), weights)
+            try:
+                load_model(input_module, weights)
+            except RuntimeError as error:
+                raise ValueError(f"{weights} does not match the {config.input_module['type']} module its config describes: {error}") from None
+            input_module.requires_grad_(False)
+            model.requires_grad_(False)
+        return cls(model, config, _load_image_processor(name_or_path, hub_kwargs), input_module)
 
     def save_pretrained(
         self, save_directory: str | os.PathLike, *, merge_adapter: bool = False, model_card: bool = True, model_id: str | None = None
@@ -228,10 +258,16 @@ class SmoothedImageClassifier(torch.nn.Module):
 
         With ``merge_adapter`` the folder holds the whole model with the adapter folded into its weights
         instead: plain ``transformers`` loads it (``AutoModelForImageClassification``); peft methods, ``linear``
-        and ``full`` only (bottleneck adapters and prompts are not weights of the base architecture).
+        and ``full`` only (bottleneck adapters, prompts and input modules are not weights of the base
+        architecture). An input module is saved whole (frozen parts included) as ``input_module.safetensors``.
 
         Files are written to a temporary folder and moved in one by one, the config last, so a folder with a
         config is complete. Safetensors only."""
+        if merge_adapter and self.input_module is not None:
+            raise ValueError(
+                f"`merge_adapter=True` cannot fold the {self.config.input_module['type']} input module into the base "
+                "model's weights: save it without `merge_adapter`"
+            )
         os.makedirs(save_directory, exist_ok=True)
         config = copy.deepcopy(self.config)
         config.id2label = {str(k): str(v) for k, v in self.model.config.id2label.items()}
@@ -248,6 +284,11 @@ class SmoothedImageClassifier(torch.nn.Module):
                 if config.base_model_name_or_path is not None:
                     metadata["base_model_name_or_path"] = config.base_model_name_or_path
                 save_file(state, os.path.join(staging, WEIGHTS_NAME), metadata=metadata)
+            if self.input_module is not None:
+                metadata = {"format": "pt", "input_module": self.input_module.module_type}
+                if config.base_model_name_or_path is not None:
+                    metadata["base_model_name_or_path"] = config.base_model_name_or_path
+                save_model(self.input_module, os.path.join(staging, INPUT_MODULE_WEIGHTS_NAME), metadata=metadata)
             if self.image_processor is not None:
                 self.image_processor.save_pretrained(staging)
             if model_card:  # after the model's own files: peft writes a README.md of its own
@@ -298,7 +339,12 @@ class SmoothedImageClassifier(torch.nn.Module):
         from ``requires_grad`` on a model prepared for training, kept from the config on a reloaded one (whose
         peft adapter is frozen)."""
         training = dict(self.config.training or {})
-        if self.config.peft_method is not None and not self.config.merged:
+        if self.input_module is not None:
+            trainable, _ = trainable_parameters(self.input_module)
+            if trainable > 0:
+                total = sum(p.numel() for p in self.parameters())
+                training.update(trainable_parameters=trainable, total_parameters=total, train_head=False)
+        elif self.config.peft_method is not None and not self.config.merged:
             trainable, total = trainable_parameters(self.model)
             if trainable > 0:
                 base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
@@ -325,7 +371,7 @@ class SmoothedImageClassifier(torch.nn.Module):
         statistics are not changed by training an adapter (they would not be saved with it)."""
         super().train(mode)
         if mode:
-            for module in self.model.modules():
+            for module in self.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
                     p.requires_grad for p in module.parameters(recurse=False)
                 ):
@@ -340,6 +386,14 @@ class SmoothedImageClassifier(torch.nn.Module):
             raise ValueError(
                 f"`pixel_values` must have shape [B, {self.num_channels}, H, W], got {tuple(pixel_values.shape)}"
             )
+        if self.input_module is not None:
+            shape = pixel_values.shape
+            pixel_values = self.input_module(pixel_values)
+            if pixel_values.shape != shape:
+                raise ValueError(
+                    f"the {self.config.input_module['type']} input module must return pixels of its input's shape "
+                    f"{tuple(shape)}, got {tuple(pixel_values.shape)}"
+                )
         normalized = (pixel_values - self.image_mean) / self.image_std
         dtype = next(self.model.parameters()).dtype
         return self.model(pixel_values=normalized.to(dtype), labels=labels, return_dict=True)
@@ -350,7 +404,7 @@ class SmoothedImageClassifier(torch.nn.Module):
         if not isinstance(self.model, PeftModel):
             return self
         merged = copy.deepcopy(self.model).merge_and_unload()
-        return SmoothedImageClassifier(merged, self.config, self.image_processor)
+        return SmoothedImageClassifier(merged, self.config, self.image_processor, self.input_module)
 
     def smoother(self, merge_adapter: bool = True) -> Smoother:
         """A ``Smoother`` over this model at its sigma; with ``merge_adapter``, over ``inference_model()``.
