@@ -3,10 +3,12 @@
     python examples/report.py --runs lora-0.25=runs/lora-0.25/certify lora-0.5=runs/lora-0.5/certify \
         --output_dir runs/report
 
-Each run is ``name=folder`` (or just ``folder``), a folder written by ``examples/certify.py`` (its
-``certify.tsv``, and ``summary.json`` for sigma). Writes ``report.md``, ``report.tex`` (booktabs) and
-``certified_accuracy.png`` (all curves) into ``--output_dir`` and prints the Markdown table; the best value
-per column is marked (``*`` in Markdown, bold in LaTeX). Radii are l2 distances in [0, 1] pixel space.
+Each run is ``name=path`` (or just ``path``): a folder written by ``examples/certify.py`` (its
+``certify.tsv``, and ``summary.json`` for sigma) or a TSV file with Cohen's columns from any tool. Writes
+``report.md``, ``report.tex`` (booktabs) and ``certified_accuracy.png`` (all curves) into ``--output_dir``
+and prints the Markdown table; the best value per column is marked (``*`` in Markdown, bold in LaTeX).
+Radii are l2 distances in [0, 1] pixel space. To print one table without writing files:
+``python -m smoothing_hf.report PATH [PATH ...]``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from smoothing_hf.reporting import COMPARISON_RADII, write_report
 
 @dataclass
 class ReportArguments:
-    runs: list[str] = field(metadata={"help": "Runs to compare, each name=folder (or folder) of a certify output."})
+    runs: list[str] = field(metadata={"help": "Runs to compare, each name=path (or path): a certify output folder or a TSV file."})
     output_dir: str = field(metadata={"help": "Where report.md, report.tex and certified_accuracy.png go."})
     radii: list[float] = field(
         default_factory=lambda: list(COMPARISON_RADII), metadata={"help": "l2 radii (pixels in [0, 1]) of the table's columns."}
@@ -31,7 +33,7 @@ class ReportArguments:
 
 
 def parse_runs(runs: list[str]) -> dict[str, str]:
-    """``name=folder`` (or ``folder``, named by itself) entries as {name: folder}; names must be unique."""
+    """``name=path`` (or ``path``, named by itself) entries as {name: path}; names must be unique."""
     named = [run.split("=", 1) if "=" in run else [run, run] for run in runs]
     names = [name for name, _ in named]
     repeated = sorted({name for name in names if names.count(name) > 1})

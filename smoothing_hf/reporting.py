@@ -3,6 +3,7 @@
 Reads and writes plain rows (Cohen's TSV columns), imports no model code, so it also reads other tools'
 ``certify`` outputs (Cohen et al.'s own ``certify.py`` files included). Radii are l2 distances in [0, 1]
 pixel space; certified accuracies are fractions in [0, 1] (percentages in the comparison tables).
+``python -m smoothing_hf.report`` (``report.py``) is the command line over ``read_runs`` and the tables.
 Plots need matplotlib (``pip install smoothing_hf[examples]``); everything else needs numpy only.
 """
 
@@ -13,7 +14,10 @@ import json
 import math
 import numbers
 import os
+import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,37 +35,55 @@ REPORT_FILES = ("report.md", "report.tex", "certified_accuracy.png")
 
 
 def write_tsv(rows: Iterable[dict], path: str | os.PathLike) -> None:
-    """Write rows with Cohen's columns, tab-separated, atomically (temporary file renamed into place).
+    """Write rows with Cohen's columns, then any other columns of the first row (``samples``, say), tab-separated,
+    atomically (temporary file renamed into place).
 
     Radius in [0, 1] pixel-space l2 units, written exactly (``repr``); time in seconds."""
+    rows = list(rows)
+    extra = [column for column in (rows[0] if rows else ()) if column not in TSV_COLUMNS]
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(TSV_COLUMNS)
+        writer.writerow([*TSV_COLUMNS, *extra])
         for row in rows:
-            writer.writerow(
-                [row["idx"], row["label"], row["predict"], repr(float(row["radius"])), int(row["correct"]), f"{row['time']:.4f}"]
-            )
+            radius, correct, seconds = repr(float(row["radius"])), int(row["correct"]), f"{row['time']:.4f}"
+            extras = [_format(row[column]) for column in extra]
+            writer.writerow([row["idx"], row["label"], row["predict"], radius, correct, seconds, *extras])
 
 
 def read_tsv(path: str | os.PathLike) -> list[dict]:
-    """Rows of a certification TSV: idx, label, predict, correct as ints; radius, time as floats.
+    """Rows of a certification TSV with Cohen et al.'s columns (idx, label, predict, radius, correct, time),
+    ours or another tool's: idx, label, predict, correct (0 or 1) as ints; radius (l2, [0, 1] pixels, >= 0)
+    and time as floats. ``time`` is in seconds, ``15.4``, or Cohen's ``str(timedelta)`` form
+    ``0:02:30.437045``. Other columns (``samples``, say) are kept: numbers as int or float, empty as None,
+    anything else as text.
 
-    ``time`` is in seconds; Cohen et al.'s ``H:MM:SS.ffffff`` form is read too. Extra columns are ignored."""
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        missing = set(TSV_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path} is not a certification TSV: missing columns {sorted(missing)}, needs {list(TSV_COLUMNS)}")
-        rows = []
-        for line, r in enumerate(reader, start=2):
-            try:
-                rows.append({
-                    "idx": int(r["idx"]), "label": int(r["label"]), "predict": int(r["predict"]),
-                    "radius": float(r["radius"]), "correct": int(r["correct"]), "time": _seconds(r["time"]),
-                })
-            except (TypeError, ValueError) as error:  # TypeError: a short line leaves a column None
-                raise ValueError(f"{path}, line {line}: not a certification row ({error})") from None
-        return rows
+    A header with no rows is a run of 0 examples: ``[]``. A last line without a newline at its end is what a
+    write cut short by a crash leaves (too few fields, or a number cut in two): it is dropped with a
+    ``UserWarning`` naming file and line. Any other line that is not a row (too few or too many fields, a
+    value that is not a number, a radius < 0, correct not 0 or 1) is a ValueError naming file and line;
+    so are an empty file and a header missing one of Cohen's columns."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        lines = handle.read().split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline
+    if not lines:  # one line and no newline: the header alone (a torn header misses columns below)
+        lines, torn = [torn], ""
+    header = [name.strip() for name in lines[0].rstrip("\r").split("\t")]
+    if header == [""]:
+        raise ValueError(f"{path} is empty: a certification TSV starts with a header of columns {list(TSV_COLUMNS)}")
+    missing = [column for column in TSV_COLUMNS if column not in header]
+    if missing:
+        raise ValueError(f"{path} is not a certification TSV: missing columns {missing}, needs {list(TSV_COLUMNS)}")
+    repeated = sorted({column for column in header if header.count(column) > 1})
+    if repeated:
+        raise ValueError(f"{path}: columns {repeated} appear more than once in the header")
+    rows = [_parse_row(line, header, path, number) for number, line in enumerate(lines[1:], start=2) if line.strip()]
+    if torn.strip():
+        warnings.warn(
+            f"{path}, line {len(lines) + 1}: no newline at its end, as a write cut short by a crash leaves it; "
+            f"the line is ignored ({torn!r}). End the file with a newline if the line is complete.",
+            UserWarning, stacklevel=2,
+        )
+    return rows
 
 
 def certified_accuracy_curve(rows: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -160,52 +182,134 @@ def plot_certified_accuracy(
 # ---------------------------------------------------------------------------------------------- comparison
 
 
-def compare_runs(
-    folders: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike], radii: Sequence[float] = COMPARISON_RADII
-) -> list[dict]:
-    """One row per certification output folder (several sigmas or methods): the ``summarize`` figures of
-    its ``certify.tsv`` at ``radii`` (l2, [0, 1] pixels), with ``name``, ``folder`` and the ``sigma`` from
-    its ``summary.json`` settings (None where absent).
+@dataclass(frozen=True)
+class Run:
+    """One certification run: its ``name`` (the table's label), the ``path`` it was given as, the ``tsv`` read,
+    its noise level ``sigma`` (l2, [0, 1] pixels; None where unknown: raw TSVs carry none) and its ``rows``
+    (``read_tsv``; empty for a run of 0 examples)."""
 
-    ``folders`` maps run names to folders, or lists folders (each then named by its path)."""
-    if isinstance(folders, (str, os.PathLike)) or not folders:
-        raise ValueError(f"`folders` must map run names to certification output folders or list them, got {folders!r}")
-    named = folders.items() if isinstance(folders, Mapping) else [(os.fspath(folder), folder) for folder in folders]
-    rows = []
-    for name, folder in named:
-        tsv = os.path.join(folder, CERTIFY_TSV)
+    name: str
+    path: str
+    tsv: str
+    sigma: float | None
+    rows: list[dict]
+
+
+def read_run(path: str | os.PathLike, name: str | None = None) -> Run:
+    """The run at ``path``: a certification output folder (its ``certify.tsv``; sigma from its ``summary.json``)
+    or a TSV file with Cohen's columns (``read_tsv``; sigma from a ``summary.json`` beside it only when the file
+    is a ``certify.tsv``). ``name`` defaults to ``run_label(path)``."""
+    name = run_label(path) if name is None else name
+    if os.path.isdir(path):
+        tsv = os.path.join(path, CERTIFY_TSV)
         if not os.path.isfile(tsv):
             raise ValueError(
-                f"run {name!r}: {tsv} does not exist; `folders` must hold certification output folders with a {CERTIFY_TSV}"
+                f"run {name!r}: {tsv} does not exist; a folder must be a certification output folder with a {CERTIFY_TSV}"
             )
-        settings = _read_json(os.path.join(folder, SUMMARY_JSON)).get("settings") or {}
-        summary = summarize(read_tsv(tsv), radii)
-        rows.append({"name": str(name), "folder": os.fspath(folder), "sigma": settings.get("sigma"), **summary})
-    return rows
+    elif os.path.isfile(path):
+        tsv = os.fspath(path)
+    else:
+        raise ValueError(
+            f"run {name!r}: {os.fspath(path)} does not exist; each path must be a certification output folder or a TSV file"
+        )
+    sigma = None
+    if os.path.basename(tsv) == CERTIFY_TSV:
+        summary = _read_json(os.path.join(os.path.dirname(tsv), SUMMARY_JSON))
+        settings = summary.get("settings") if isinstance(summary, dict) else None
+        sigma = settings.get("sigma") if isinstance(settings, dict) and _is_number(settings.get("sigma")) else None
+    return Run(name=str(name), path=os.fspath(path), tsv=tsv, sigma=sigma, rows=read_tsv(tsv))
+
+
+def run_label(path: str | os.PathLike) -> str:
+    """A run's default label: a folder's name, or a file's name without its extension (a numeric suffix is no
+    extension: Cohen's ``noise_0.25/test/sigma_0.25`` is ``sigma_0.25``)."""
+    base = os.path.basename(os.path.abspath(path))
+    stem, extension = os.path.splitext(base)
+    return stem if os.path.isfile(path) and re.search("[A-Za-z]", extension) else base
+
+
+def read_runs(
+    runs: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike], labels: Sequence[str] | None = None
+) -> list[Run]:
+    """The runs at several paths (``read_run``), in order: ``runs`` maps labels to paths, or lists paths, each
+    labelled by the same place in ``labels`` or else by ``run_label``. Labels must be unique."""
+    if isinstance(runs, (str, os.PathLike)) or not runs:
+        raise ValueError(
+            f"`runs` must map labels to paths or list paths (certification output folders or TSV files), got {runs!r}"
+        )
+    if isinstance(runs, Mapping):
+        if labels is not None:
+            raise ValueError("`labels` label the paths of a list of `runs`; a mapping's keys label them already")
+        names, paths = [str(name) for name in runs], list(runs.values())
+    else:
+        paths = list(runs)
+        if labels is None:
+            names = [run_label(path) for path in paths]
+        elif isinstance(labels, str) or len(labels) != len(paths):
+            count = 1 if isinstance(labels, str) else len(labels)
+            raise ValueError(f"`labels` must give one label per path: got {count} labels for {len(paths)} paths")
+        else:
+            names = [str(label) for label in labels]
+    repeated = {name: [os.fspath(p) for n, p in zip(names, paths) if n == name] for name in names if names.count(name) > 1}
+    if repeated:
+        clash = "; ".join(f"{name!r} labels {', '.join(shared)}" for name, shared in repeated.items())
+        defaulted = labels is None and not isinstance(runs, Mapping)
+        hint = "label each run with `labels` (--labels on the command line)" if defaulted else "give each run its own label"
+        raise ValueError(f"run labels must be unique: {clash}; {hint}")
+    return [read_run(path, name) for name, path in zip(names, paths)]
+
+
+def summarize_run(run: Run, radii: Sequence[float] = COMPARISON_RADII) -> dict:
+    """A comparison row for ``run``: ``name``, ``path``, ``tsv``, ``sigma``, the ``summarize`` figures at ``radii``
+    (l2, [0, 1] pixels) and ``mean_samples``, the mean of a ``samples`` column (samples drawn per example)
+    where every row has one, else None. A run of 0 examples has ``num_examples`` 0 and every figure None
+    (undefined, shown as a dash in the tables), not a division by zero."""
+    _check_radii(radii, "radii")
+    figures = {"name": run.name, "path": run.path, "tsv": run.tsv, "sigma": run.sigma}
+    if not run.rows:
+        undefined = dict.fromkeys(("acr", "abstain_rate", "clean_accuracy", "mean_samples"))
+        return {**figures, "num_examples": 0, "certified_accuracy": dict.fromkeys(f"{r:g}" for r in radii), **undefined}
+    samples = [row.get("samples") for row in run.rows]
+    mean_samples = float(np.mean(samples)) if all(_is_number(value) for value in samples) else None
+    return {**figures, **summarize(run.rows, radii), "mean_samples": mean_samples}
+
+
+def compare_runs(
+    runs: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
+    radii: Sequence[float] = COMPARISON_RADII,
+    *,
+    labels: Sequence[str] | None = None,
+) -> list[dict]:
+    """One ``summarize_run`` row per run (several sigmas or methods, ours or other tools'), in order, at
+    ``radii`` (l2, [0, 1] pixels); ``runs`` and ``labels`` as in ``read_runs``: paths of certification output
+    folders or TSV files with Cohen's columns."""
+    return [summarize_run(run, radii) for run in read_runs(runs, labels)]
 
 
 def comparison_markdown(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_RADII) -> str:
-    """A Markdown table of ``compare_runs`` rows: sigma, certified accuracy (%) at each of ``radii`` and ACR;
-    ``*`` follows the best value of each column (all tied ones; none where every run has the same value)."""
-    names, columns = _comparison_columns(rows, radii, "comparison_markdown")
-    header = ["run", "sigma", *(f"r = {r:g}" for r in radii), "ACR"]
-    cells = [[name.replace("|", "\\|"), sigma] for name, sigma in names]
-    for column in columns:
+    """A Markdown table of ``compare_runs`` rows: sigma (where any run has one), examples n, certified accuracy
+    (%) at each of ``radii``, ACR, and mean samples per image (where any run has them); ``*`` follows the best
+    value of each accuracy and ACR column (all tied ones; none where every run has the same value); ``—``
+    stands for a value unknown (sigma of a raw TSV) or undefined (a run of 0 examples)."""
+    columns = _comparison_columns(rows, radii, "comparison_markdown")
+    header = ["run", *(markdown for markdown, _, _ in columns)]
+    cells = [[row["name"].replace("|", "\\|")] for row in rows]
+    for _, _, column in columns:
         for line, (text, best) in zip(cells, column):
-            line.append(text + ("*" if best else ""))
+            line.append("—" if text is None else text + ("*" if best else ""))
     lines = [header, ["---"] * len(header), *cells]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
 def comparison_latex(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_RADII) -> str:
-    """A LaTeX ``tabular`` (booktabs rules) of ``compare_runs`` rows: sigma, certified accuracy (%) at each
-    of ``radii`` and ACR; the best value of each column is set in ``\\textbf{}`` (as in ``comparison_markdown``)."""
-    names, columns = _comparison_columns(rows, radii, "comparison_latex")
-    cells = [[_latex_escape(name), sigma.replace("-", "--")] for name, sigma in names]
-    for column in columns:
+    """A LaTeX ``tabular`` (booktabs rules) of ``compare_runs`` rows, the columns of ``comparison_markdown``;
+    the best value of each accuracy and ACR column is set in ``\\textbf{}``, unknown or undefined ones are ``---``."""
+    columns = _comparison_columns(rows, radii, "comparison_latex")
+    cells = [[_latex_escape(row["name"])] for row in rows]
+    for _, _, column in columns:
         for line, (text, best) in zip(cells, column):
-            line.append(f"\\textbf{{{text}}}" if best else text)
-    header = ["Run", "$\\sigma$", *(f"$r = {r:g}$" for r in radii), "ACR"]
+            line.append("---" if text is None else f"\\textbf{{{text}}}" if best else text)
+    header = ["Run", *(latex for _, latex, _ in columns)]
     return "\n".join([
         "% certified accuracy (%) at l2 radius r (pixels in [0, 1]); needs \\usepackage{booktabs}",
         "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
@@ -218,6 +322,21 @@ def comparison_latex(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_R
     ])
 
 
+def plot_runs(
+    runs: Sequence[Run], path: str | os.PathLike, *, max_radius: float | None = None, title: str | None = None
+) -> None:
+    """``plot_certified_accuracy`` of every run with examples, labelled by name, into one figure at ``path``;
+    a run of 0 examples has no curve (a ``UserWarning`` says so); no run with examples is a ValueError."""
+    for run in runs:
+        if not run.rows:
+            message = f"run {run.name!r} has no examples ({run.tsv}): it has no curve in {os.fspath(path)}"
+            warnings.warn(message, UserWarning, stacklevel=2)
+    curves = {run.name: run.rows for run in runs if run.rows}
+    if not curves:
+        raise ValueError(f"no run has examples to plot into {os.fspath(path)}: every TSV holds a header only")
+    plot_certified_accuracy(curves, path, max_radius=max_radius, title=title)
+
+
 def write_report(
     runs: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
@@ -225,16 +344,14 @@ def write_report(
     radii: Sequence[float] = COMPARISON_RADII,
     max_radius: float | None = None,
 ) -> str:
-    """Compare certification output folders (``runs`` as in ``compare_runs``) and write ``report.md``,
-    ``report.tex`` and ``certified_accuracy.png`` (all curves) into ``output_dir``, each atomically.
-    Returns the Markdown table."""
-    rows = compare_runs(runs, radii)
+    """Compare certification runs (``runs`` as in ``read_runs``: output folders or TSV files) and write
+    ``report.md``, ``report.tex`` and ``certified_accuracy.png`` (all curves) into ``output_dir``, each
+    atomically. Returns the Markdown table."""
+    loaded = read_runs(runs)
+    rows = [summarize_run(run, radii) for run in loaded]
     markdown = comparison_markdown(rows, radii)
     os.makedirs(output_dir, exist_ok=True)
-    plot_certified_accuracy(
-        {row["name"]: os.path.join(row["folder"], CERTIFY_TSV) for row in rows},
-        os.path.join(output_dir, REPORT_FILES[2]), max_radius=max_radius,
-    )
+    plot_runs(loaded, os.path.join(output_dir, REPORT_FILES[2]), max_radius=max_radius)
     write_text(
         "# Certified accuracy\n\n"
         "Certified accuracy (%) at l2 radius r (pixels in [0, 1]) and average certified radius (ACR) of each run; "
@@ -287,20 +404,35 @@ def _check_summarized(certified_accuracy: dict, radii: Sequence[float], name: st
 
 def _comparison_columns(
     rows: Sequence[dict], radii: Sequence[float], name: str
-) -> tuple[list[tuple[str, str]], list[list[tuple[str, bool]]]]:
-    """(name, sigma text) per row, and per column (each radius, then ACR) the cell texts with best flags."""
+) -> list[tuple[str, str, list[tuple[str | None, bool]]]]:
+    """The columns after the run's name, each (Markdown title, LaTeX title, cells); a cell is (text, best),
+    text None where the value is unknown or undefined. Best: the largest rounded value of an accuracy or ACR
+    column where the runs' values differ."""
     if not rows:
         raise ValueError(f"`rows` of {name} must hold at least one compare_runs row")
     for row in rows:
         _check_summarized(row["certified_accuracy"], radii, f"rows ({row['name']!r})")
-    names = [(row["name"], "-" if row.get("sigma") is None else f"{row['sigma']:g}") for row in rows]
-    columns = [[round(100 * row["certified_accuracy"][f"{r:g}"], 1) for row in rows] for r in radii]
-    columns.append([round(row["acr"], 3) for row in rows])
-    formats = ["{:.1f}"] * len(radii) + ["{:.3f}"]
-    return names, [
-        [(fmt.format(value), len(set(values)) > 1 and value == max(values)) for value in values]
-        for fmt, values in zip(formats, columns)
-    ]
+
+    def cells(values: list, text: str, ranked: bool = False) -> list[tuple[str | None, bool]]:
+        known = {value for value in values if value is not None}
+        best = max(known) if ranked and len(known) > 1 else None
+        return [(None if value is None else text.format(value), value is not None and value == best) for value in values]
+
+    def rounded(values: list, scale: float, digits: int) -> list:
+        return [None if value is None else round(scale * value, digits) for value in values]
+
+    columns = []
+    if any(row.get("sigma") is not None for row in rows):
+        columns.append(("sigma", "$\\sigma$", cells([row.get("sigma") for row in rows], "{:g}")))
+    columns.append(("n", "$n$", cells([row["num_examples"] for row in rows], "{}")))
+    for r in radii:
+        accuracy = rounded([row["certified_accuracy"][f"{r:g}"] for row in rows], 100, 1)
+        columns.append((f"r = {r:g}", f"$r = {r:g}$", cells(accuracy, "{:.1f}", ranked=True)))
+    columns.append(("ACR", "ACR", cells(rounded([row["acr"] for row in rows], 1, 3), "{:.3f}", ranked=True)))
+    if any(row.get("mean_samples") is not None for row in rows):
+        samples = cells([row.get("mean_samples") for row in rows], "{:.0f}")
+        columns.append(("samples / image", "samples / image", samples))
+    return columns
 
 
 def _latex_escape(text: str) -> str:
@@ -309,13 +441,53 @@ def _latex_escape(text: str) -> str:
     return "".join(special.get(character, character) for character in text)
 
 
+_TIMEDELTA = re.compile(r"(?:(\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d*)?)")
+
+
 def _seconds(text: str) -> float:
-    """Seconds from ``"1.5"`` or Cohen et al.'s ``str(timedelta)`` form ``"0:00:01.500000"``."""
-    hours, _, rest = text.rpartition(":")
-    if not hours:
+    """Seconds from ``"15.4"`` or Cohen et al.'s ``str(timedelta)`` form ``"0:02:30.437045"`` (``"1 day, 0:00:01"``)."""
+    match = _TIMEDELTA.fullmatch(text.strip())
+    if match is None:
         return float(text)
-    hours, _, minutes = hours.rpartition(":")
-    return 3600 * float(hours or 0) + 60 * float(minutes) + float(rest)
+    days, hours, minutes, seconds = match.groups()
+    return 86400 * int(days or 0) + 3600 * int(hours) + 60 * int(minutes) + float(seconds)
+
+
+def _parse_row(line: str, header: list[str], path: str | os.PathLike, number: int) -> dict:
+    """One complete line of a certification TSV as a row (``read_tsv``); ValueError naming file and line."""
+    fields = line.rstrip("\r").split("\t")
+    if len(fields) != len(header):
+        raise ValueError(f"{path}, line {number}: {len(fields)} tab-separated fields, the header has {len(header)}: {line!r}")
+    values = dict(zip(header, fields))
+    try:
+        row = {
+            "idx": int(values["idx"]), "label": int(values["label"]), "predict": int(values["predict"]),
+            "radius": float(values["radius"]), "correct": int(values["correct"]), "time": _seconds(values["time"]),
+        }
+    except ValueError as error:
+        raise ValueError(f"{path}, line {number}: not a certification row ({error})") from None
+    if not (math.isfinite(row["radius"]) and row["radius"] >= 0):
+        raise ValueError(f"{path}, line {number}: radius must be a finite l2 distance >= 0, got {values['radius']!r}")
+    if row["correct"] not in (0, 1):
+        raise ValueError(f"{path}, line {number}: correct must be 0 or 1, got {values['correct']!r}")
+    row.update((column, _value(values[column])) for column in header if column not in TSV_COLUMNS)
+    return row
+
+
+def _format(value: object) -> str:
+    """An extra column's value as written: floats exactly (``repr``), None as empty."""
+    return "" if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+def _value(text: str) -> int | float | str | None:
+    """An extra column's value: an int or float where it is a number, None where empty, else the text."""
+    text = text.strip()
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text or None
 
 
 def _read_json(path: str) -> dict:

@@ -1,13 +1,16 @@
-"""Reporting: summary figures, exact curves and plots, comparison tables, the evaluate metric, report.py."""
+"""Reporting: summary figures, exact curves and plots, comparison tables, the evaluate metric, report.py, and
+the `python -m smoothing_hf.report` command line on our folders and other tools' raw TSVs."""
 
 import json
 import os
 import runpy
+import subprocess
 import sys
 
 import evaluate
 import pytest
 
+from smoothing_hf.report import main as report_main
 from smoothing_hf.reporting import (
     certified_accuracy_curve,
     certified_accuracy_metric_path,
@@ -114,13 +117,14 @@ def test_comparison_tables_mark_the_best_value_per_column(rows, tmp_path):
 
     lines = comparison_markdown(compared, RADII).splitlines()
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-    assert cells[0] == ["run", "sigma", "r = 0", "r = 0.25", "r = 0.5", "r = 0.75", "r = 1", "ACR"]
-    assert all(len(line) == 8 for line in cells)
-    assert cells[2] == ["a_run", "0.25", "50.0*", "50.0*", "33.3", "16.7", "0.0", "0.275"]  # r = 0.5 and 0.75 tie: no mark
-    assert cells[3] == ["b", "-", "33.3", "33.3", "33.3", "16.7", "16.7*", "0.283*"]  # ACR (0.5 + 1.2) / 6
+    assert cells[0] == ["run", "sigma", "n", "r = 0", "r = 0.25", "r = 0.5", "r = 0.75", "r = 1", "ACR"]
+    assert all(len(line) == 9 for line in cells)
+    assert cells[2] == ["a_run", "0.25", "6", "50.0*", "50.0*", "33.3", "16.7", "0.0", "0.275"]  # r = 0.5, 0.75 tie: no mark
+    assert cells[3] == ["b", "—", "6", "33.3", "33.3", "33.3", "16.7", "16.7*", "0.283*"]  # ACR (0.5 + 1.2) / 6
     latex = comparison_latex(compared, RADII)
-    assert "a\\_run & 0.25 & \\textbf{50.0} & \\textbf{50.0} & 33.3 & 16.7 & 0.0 & 0.275 \\\\" in latex
-    assert latex.count("\\textbf") == 4 and latex.count(" & ") == 3 * 7 and latex.rstrip().endswith("\\end{tabular}")
+    assert "a\\_run & 0.25 & 6 & \\textbf{50.0} & \\textbf{50.0} & 33.3 & 16.7 & 0.0 & 0.275 \\\\" in latex
+    assert "b & --- & 6 &" in latex
+    assert latex.count("\\textbf") == 4 and latex.count(" & ") == 3 * 8 and latex.rstrip().endswith("\\end{tabular}")
 
 
 def test_report_example_runs_end_to_end(rows, tmp_path, capsys):
@@ -140,7 +144,7 @@ def test_bad_input_names_the_argument_or_path(rows, tmp_path):
     (tmp_path / "short.tsv").write_text("idx\tlabel\tpredict\tradius\n0\t1\t1\t0.5\n")
     with pytest.raises(ValueError, match=r"short\.tsv.*missing columns \['correct', 'time'\]"):
         read_tsv(tmp_path / "short.tsv")
-    with pytest.raises(ValueError, match="`folders`"):
+    with pytest.raises(ValueError, match="`runs`"):
         compare_runs([])
     os.makedirs(tmp_path / "empty")
     with pytest.raises(ValueError, match=r"empty.certify\.tsv does not exist"):
@@ -151,3 +155,144 @@ def test_bad_input_names_the_argument_or_path(rows, tmp_path):
         plot_certified_accuracy({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match=r"radii \[2.0\] are not in"):
         comparison_markdown(compare_runs([run_folder(tmp_path / "a", rows)]), [2.0])
+
+
+
+# ---------------------------------------------------------------------------------------------- the command line
+# Figures by hand: certified accuracy at r = share of rows with correct = 1 and radius >= r; ACR = mean of radius * correct.
+HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+OURS = HEADER.replace("time\n", "time\tsamples\n") + "0\t7\t7\t0.75\t1\t0.0123\t1000\n1\t8\t8\t0.25\t1\t0.012\t3000\n"
+SECONDS = HEADER + "0\t1\t1\t0.3\t1\t15.4\n1\t2\t2\t1.1\t1\t15.2\n2\t3\t5\t0.8\t0\t14.9\n3\t4\t-1\t0.0\t0\t16.0\n"
+COHEN = HEADER + (  # Cohen's certify.py: time is str(datetime.timedelta)
+    "0\t1\t1\t0.6\t1\t0:02:30.437045\n1\t2\t2\t0.2\t1\t0:02:29.000001\n2\t3\t3\t1.0\t1\t0:02:31.5\n3\t4\t1\t0.4\t0\t0:02:30.1\n"
+)
+TORN = HEADER + "0\t1\t1\t0.5\t1\t1.0\n1\t2\t2\t0.25\t1\t1.0\n2\t3\t-1\t0.0\t0\t1.0\n3\t4\t4\t0.9"  # crash mid-write: no newline
+HAND = {  # label: (n, certified accuracy at RADII as counts of rows, sum of radius * correct)
+    "ours": (2, [2, 2, 1, 1, 0], 0.75 + 0.25),  # r = 0.75: radius 0.75 >= 0.75 counts
+    "seconds": (4, [2, 2, 1, 1, 1], 0.3 + 1.1),  # the wrong 0.8 and the abstention never count
+    "sigma_0.50": (4, [3, 2, 2, 1, 1], 0.6 + 0.2 + 1.0),  # r = 1: radius 1.0 >= 1 counts; file name has no extension
+    "torn": (3, [2, 2, 1, 0, 0], 0.5 + 0.25),  # the torn 4th row is ignored
+}
+
+
+@pytest.fixture
+def raw_runs(tmp_path):
+    """Paths of: our output folder (sigma 0.25, a samples column), raw TSVs with seconds and with Cohen's
+    timedeltas, a file cut short in its last line, a header-only file."""
+    os.makedirs(tmp_path / "ours")
+    (tmp_path / "ours" / "certify.tsv").write_text(OURS)
+    (tmp_path / "ours" / "summary.json").write_text(json.dumps({"settings": {"sigma": 0.25}}))
+    for name, text in (("seconds.tsv", SECONDS), ("sigma_0.50", COHEN), ("torn.tsv", TORN), ("header_only.tsv", HEADER)):
+        (tmp_path / name).write_text(text)
+    return [str(tmp_path / name) for name in ("ours", "seconds.tsv", "sigma_0.50", "torn.tsv", "header_only.tsv")]
+
+
+def table_cells(text):
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.strip().splitlines()]
+
+
+def test_report_on_folders_and_raw_tsvs_matches_hand_computed_figures(raw_runs, capsys):
+    radii = ["0", "0.25", "0.5", "0.75", "1.0"]
+    status = report_main([*raw_runs, "--radii", *radii, "--format", "markdown"])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "torn.tsv, line 5: no newline at its end" in captured.err
+    cells = table_cells(captured.out)
+    assert cells[0] == ["run", "sigma", "n", "r = 0", "r = 0.25", "r = 0.5", "r = 0.75", "r = 1", "ACR", "samples / image"]
+    by_label = {line[0]: line for line in cells[2:]}
+    assert list(by_label) == ["ours", "seconds", "sigma_0.50", "torn", "header_only"]
+    for label, (n, counts, radius_sum) in HAND.items():
+        line = by_label[label]
+        assert line[2] == str(n)
+        assert [cell.rstrip("*") for cell in line[3:8]] == [f"{100 * count / n:.1f}" for count in counts]
+        assert line[8].rstrip("*") == f"{radius_sum / n:.3f}"
+    assert by_label["ours"][1] == "0.25" and by_label["seconds"][1] == "—"  # sigma only where a summary.json says
+    assert by_label["ours"][9] == "2000" and by_label["torn"][9] == "—"  # mean of the samples column (1000 + 3000) / 2
+    assert by_label["header_only"] == ["header_only", "—", "0", *["—"] * 7]  # 0 examples: undefined, no division
+    # best per column: r = 0, 0.25, 0.75 and ACR ours; r = 0.5 ours and Cohen's tie at 50.0; r = 1 seconds and Cohen's at 25.0
+    marked = {label: [i for i, cell in enumerate(line) if cell.endswith("*")] for label, line in by_label.items()}
+    assert marked == {"ours": [3, 4, 5, 6, 8], "seconds": [7], "sigma_0.50": [5, 7], "torn": [], "header_only": []}
+
+
+def test_raw_tsvs_read_both_time_formats_and_keep_extra_columns(raw_runs, tmp_path):
+    assert [row["time"] for row in read_tsv(raw_runs[1])] == pytest.approx([15.4, 15.2, 14.9, 16.0])
+    assert read_tsv(raw_runs[2])[0]["time"] == pytest.approx(150.437045)  # 0:02:30.437045
+    (tmp_path / "long.tsv").write_text(HEADER + "0\t1\t1\t0.5\t1\t1 day, 0:00:01.5\n")
+    assert read_tsv(tmp_path / "long.tsv")[0]["time"] == pytest.approx(86401.5)
+    ours = read_tsv(os.path.join(raw_runs[0], "certify.tsv"))
+    assert [row["samples"] for row in ours] == [1000, 3000] and isinstance(ours[0]["samples"], int)
+    write_tsv(ours, tmp_path / "copy.tsv")  # extra columns survive a round trip
+    assert read_tsv(tmp_path / "copy.tsv") == ours
+    assert read_tsv(raw_runs[4]) == []
+    with pytest.warns(UserWarning, match=r"torn\.tsv, line 5: no newline at its end.*'3\\t4\\t4\\t0\.9'"):
+        assert [row["idx"] for row in read_tsv(raw_runs[3])] == [0, 1, 2]
+    (tmp_path / "no_newline.tsv").write_text(HEADER.rstrip("\n"))  # a header alone, unterminated: still 0 examples
+    assert read_tsv(tmp_path / "no_newline.tsv") == []
+
+
+def test_labels_latex_and_one_plot_with_every_curve(raw_runs, tmp_path, capsys):
+    plot = tmp_path / "figures" / "curves.png"
+    status = report_main([*raw_runs, "--labels", "A", "B", "C", "D", "E", "--format", "latex", "--plot", str(plot)])
+    out, err = capsys.readouterr()
+    assert status == 0 and "run 'E' has no examples" in err
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and os.listdir(plot.parent) == ["curves.png"]
+    assert "Run & $\\sigma$ & $n$ & $r = 0$" in out
+    assert "A & 0.25 & 2 & \\textbf{100.0} & \\textbf{100.0} & \\textbf{50.0} & \\textbf{50.0} & 0.0 & \\textbf{0.500} & 2000 \\\\" in out
+    assert "E & --- & 0 & --- & --- & --- & --- & --- & --- & --- \\\\" in out
+
+
+def test_python_dash_m_runs_the_command_line(raw_runs):
+    done = subprocess.run(
+        [sys.executable, "-m", "smoothing_hf.report", raw_runs[1], raw_runs[2], "--radii", "0", "1"],
+        capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert table_cells(done.stdout)[2:] == [["seconds", "4", "50.0", "25.0", "0.350"], ["sigma_0.50", "4", "75.0*", "25.0", "0.450*"]]
+
+
+def test_bad_input_to_the_command_line_is_a_clear_error(raw_runs, tmp_path, capsys):
+    def error(*argv):
+        assert report_main([str(arg) for arg in argv]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""  # nothing half-printed
+        return captured.err
+
+    (tmp_path / "no_radius.tsv").write_text("idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t1\t1\t0.5\n")
+    assert "no_radius.tsv is not a certification TSV: missing columns ['radius']" in error(raw_runs[1], tmp_path / "no_radius.tsv")
+    assert f"{tmp_path / 'absent'} does not exist; each path must be a certification output folder or a TSV file" in error(
+        raw_runs[1], tmp_path / "absent"
+    )
+    os.makedirs(tmp_path / "not_a_run")
+    assert "not_a_run/certify.tsv does not exist" in error(tmp_path / "not_a_run")
+    assert "`labels` must give one label per path: got 1 labels for 2 paths" in error(*raw_runs[1:3], "--labels", "a")
+    assert "run labels must be unique: 'a' labels" in error(*raw_runs[1:3], "--labels", "a", "a")
+    os.makedirs(tmp_path / "x" / "certify")
+    os.makedirs(tmp_path / "y" / "certify")
+    (tmp_path / "x" / "certify" / "certify.tsv").write_text(SECONDS)
+    (tmp_path / "y" / "certify" / "certify.tsv").write_text(COHEN)
+    message = error(tmp_path / "x" / "certify", tmp_path / "y" / "certify")  # both named "certify" by default
+    assert "run labels must be unique: 'certify' labels" in message and "--labels" in message
+    assert "`radii`" in error(raw_runs[1], "--radii", "-0.5")
+    assert "no run has examples to plot" in error(raw_runs[4], "--plot", tmp_path / "empty.png")
+    with pytest.raises(SystemExit) as exited:  # argparse's own errors: bad flag values
+        report_main([raw_runs[1], "--format", "html"])
+    assert exited.value.code == 2 and "invalid choice: 'html'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", r"empty\.tsv is empty"),
+        (HEADER + "0\t1\t1\t0.5\t1\n1\t2\t2\t0.5\t1\t1.0\n", r"bad\.tsv, line 2: 5 tab-separated fields, the header has 6"),
+        (HEADER + "0\t1\t1\t0.5\t1\t1.0\n1\t2\t2\t0.x\t1\t1.0\n2\t2\t2\t0.5\t1\t1.0\n", r"bad\.tsv, line 3: not a certification row"),
+        (HEADER + "0\t1\t1\t0.5\t1\t1.0\t7\n", r"bad\.tsv, line 2: 7 tab-separated fields"),
+        (HEADER + "0\t1\t1\t-0.5\t1\t1.0\n", r"bad\.tsv, line 2: radius must be a finite l2 distance >= 0"),
+        (HEADER + "0\t1\t1\tnan\t1\t1.0\n", r"bad\.tsv, line 2: radius must be"),
+        (HEADER + "0\t1\t1\t0.5\t2\t1.0\n", r"bad\.tsv, line 2: correct must be 0 or 1, got '2'"),
+    ],
+)
+def test_a_malformed_line_before_the_last_is_an_error_naming_file_and_line(tmp_path, text, message):
+    path = tmp_path / ("empty.tsv" if not text else "bad.tsv")
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_tsv(path)
