@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from .noise import Phase, check_seed, chunk_sizes, derive_seed, noise_chunk
+from .noise import NOISE_CHUNK_SIZE, Phase, check_seed, chunk_sizes, derive_seed, noise_chunk
+from .sequential import clopper_pearson_bounds, projected_radius, radius_from_bound, radius_threshold, sample_schedule
 
 ABSTAIN = -1
 """The class index returned when the smoothed classifier abstains (its radius is 0.0)."""
@@ -50,7 +51,22 @@ class Certificate(NamedTuple):
     selection_count: int
     """Selection draws (of ``n0``) whose base prediction was the selected class."""
     samples: int
-    """Noisy forward passes spent on this image: n0 + n."""
+    """Noisy forward passes spent on this image: n0 + n (n0 + the estimation samples drawn, adaptively)."""
+
+
+class RadiusDecision(NamedTuple):
+    """``Smoother.certify_at_radius``'s answer for one image.
+
+    With probability at least 1 - alpha over the noise, ``certified`` is True only if the smoothed
+    classifier predicts ``prediction`` for every input within l2 distance ``radius`` of the image.
+    """
+
+    prediction: int
+    """The smoothed classifier's class (p_A > 1/2 established), or ``ABSTAIN`` (-1)."""
+    certified: bool
+    """Whether p_A >= Phi(radius / sigma) was established: robust at the radius asked about."""
+    samples: int
+    """Noisy forward passes spent on this image, the n0 selection draws included."""
 
 
 def clopper_pearson_lower(successes: np.ndarray, trials: int | np.ndarray, alpha: float) -> np.ndarray:
@@ -176,7 +192,16 @@ class Smoother:
         return predictions[0] if single else predictions
 
     def certify(
-        self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, seed: int | Sequence[int] = 0
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        seed: int | Sequence[int] = 0,
+        *,
+        tolerance: float | None = None,
+        growth: float = 4.0,
     ) -> Certificate | list[Certificate]:
         """Cohen's CERTIFY: a class and an l2 radius within which the smoothed classifier is constant.
 
@@ -193,6 +218,12 @@ class Smoother:
             alpha: error probability, in (0, 1).
             batch_size: noisy samples per forward pass; images are packed together when n0 or n is smaller.
             seed: noise seed, as in ``predict``.
+            tolerance: None (the default) for Cohen's fixed n. A radius > 0 (l2, [0, 1] pixels) makes the
+                sampling adaptive with ``n`` as its budget: estimation draws come in rounds growing
+                ``growth``-fold (128, 512, ... up to n), the error budget alpha split evenly over them,
+                and an image stops once the next round would raise its radius by less than ``tolerance``.
+                The (1 - alpha) guarantee is the same; ``Certificate.samples`` counts the draws made.
+            growth: factor between consecutive round sizes in adaptive sampling (> 1).
 
         Returns:
             A ``Certificate`` for one image; a list of them for a batch.
@@ -202,6 +233,9 @@ class Smoother:
         alpha = _check_alpha(alpha)
         batch_size = _check_positive_int(batch_size, "batch_size")
         images, seeds, single = self._prepare(x, seed)
+        if tolerance is not None:
+            certificates = self._certify_adaptive(images, seeds, n0, n, alpha, batch_size, tolerance, growth)
+            return certificates[0] if single else certificates
         if n <= math.log2(1 / alpha):
             warnings.warn(
                 f"n={n} is too small for alpha={alpha}: CERTIFY abstains on every input unless n > log2(1 / alpha) = "
@@ -212,6 +246,146 @@ class Smoother:
         estimation = self.sample_counts(images, seeds, Phase.ESTIMATION, n, batch_size)
         certificates = certificates_from_counts(selection, estimation, alpha, self.sigma)
         return certificates[0] if single else certificates
+
+    def certify_at_radius(
+        self,
+        x: torch.Tensor,
+        radius: float,
+        *,
+        n0: int,
+        max_n: int,
+        alpha: float,
+        batch_size: int,
+        seed: int | Sequence[int] = 0,
+        growth: float = 4.0,
+    ) -> RadiusDecision | list[RadiusDecision]:
+        """Decide whether the smoothed classifier is certifiably robust at l2 ``radius``, with few samples.
+
+        ``n0`` selection draws choose cA as in ``certify``. Estimation draws then come in rounds (cumulative
+        sizes ``smoothing_hf.sequential.sample_schedule(max_n, growth=growth)``: 128, 512, ... up to
+        ``max_n``) continuing one noise stream per image; after each of the K rounds, one-sided
+        Clopper-Pearson bounds of p_A at level alpha / K are compared with p* = Phi(radius / sigma). The
+        image stops as certified once the lower bound reaches p*, as not certified once the upper bound
+        falls below p* or after ``max_n`` draws. The union bound over the K rounds keeps the guarantee:
+        ``certified`` is True with probability at most alpha when p_A < p* or cA is not the smoothed
+        classifier's class. ``prediction`` is cA when the lower bound at the stop is >= 1/2, else ABSTAIN.
+
+        Args:
+            x: one image [C, H, W] or a batch [B, C, H, W], pixels in [0, 1].
+            radius: l2 radius in [0, 1] pixel units, >= 0.
+            n0: selection samples per image.
+            max_n: most estimation samples per image (>= n0).
+            alpha: error probability, in (0, 1).
+            batch_size: noisy samples per forward pass.
+            seed: noise seed, as in ``predict``; the draws are those ``certify`` makes with ``n = max_n``.
+            growth: factor between consecutive round sizes (> 1).
+
+        Returns:
+            A ``RadiusDecision`` for one image; a list of them for a batch.
+        """
+        if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not math.isfinite(radius) or radius < 0:
+            raise ValueError(f"`radius` must be a finite l2 radius >= 0 (pixels in [0, 1]), got {radius!r}")
+        n0, max_n, alpha, batch_size = self._check_sequential(n0, max_n, alpha, batch_size)
+        images, seeds, single = self._prepare(x, seed)
+        threshold = radius_threshold(float(radius), self.sigma)
+        schedule = sample_schedule(max_n, growth=growth)
+        level = alpha / len(schedule)
+        certified = np.zeros(len(images), dtype=bool)
+        predicted = np.zeros(len(images), dtype=bool)
+
+        def stop(active: np.ndarray, count_a: np.ndarray, trials: int, last: bool) -> np.ndarray:
+            lower, upper = clopper_pearson_bounds(count_a, np.full(len(count_a), trials), level)
+            certified[active] = lower >= threshold
+            predicted[active] = lower >= 0.5
+            return certified[active] | (upper < threshold) | last
+
+        selection, _, used = self._estimate_in_rounds(images, seeds, n0, schedule, batch_size, stop)
+        top = selection.argmax(axis=1)
+        decisions = [
+            RadiusDecision(int(top[i]) if predicted[i] else ABSTAIN, bool(certified[i]), int(n0 + used[i]))
+            for i in range(len(images))
+        ]
+        return decisions[0] if single else decisions
+
+    def _certify_adaptive(
+        self, images: torch.Tensor, seeds: list[int], n0: int, max_n: int, alpha: float, batch_size: int,
+        tolerance: float, growth: float,
+    ) -> list[Certificate]:
+        """``certify`` with a ``tolerance``: estimation draws come in the rounds of ``certify_at_radius``;
+        after each of the K rounds the one-sided Clopper-Pearson lower bound of p_A at level alpha / K is
+        taken, and the certificate uses the largest of them so far (all K hold at once with probability
+        >= 1 - alpha, so the certificate is as valid as fixed-n CERTIFY's). An image stops once the next
+        round, at its current share of top-class draws, would raise its radius by less than ``tolerance``,
+        once its upper bound falls below 1/2 (it will abstain), or after ``max_n`` draws."""
+        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not tolerance > 0:
+            raise ValueError(f"`tolerance` must be a radius > 0 (l2, pixels in [0, 1]), got {tolerance!r}")
+        schedule = sample_schedule(max_n, growth=growth)
+        level = alpha / len(schedule)
+        best = np.zeros(len(images))
+
+        def stop(active: np.ndarray, count_a: np.ndarray, trials: int, last: bool) -> np.ndarray:
+            lower, upper = clopper_pearson_bounds(count_a, np.full(len(count_a), trials), level)
+            best[active] = np.maximum(best[active], lower)
+            if last:
+                return np.ones(len(active), dtype=bool)
+            next_trials = schedule[schedule.index(trials) + 1]
+            gain = projected_radius(count_a, np.full(len(count_a), trials), next_trials, level, self.sigma)
+            gain = gain - radius_from_bound(best[active], self.sigma)
+            return (upper < 0.5) | (gain < tolerance)
+
+        selection, counts, used = self._estimate_in_rounds(images, seeds, n0, schedule, batch_size, stop)
+        top = selection.argmax(axis=1)
+        radii = radius_from_bound(best, self.sigma)
+        return [
+            Certificate(
+                prediction=int(top[i]) if best[i] >= 0.5 else ABSTAIN, radius=float(radii[i]), pa_lower=float(best[i]),
+                count=int(counts[i]), selection_count=int(selection[i, top[i]]), samples=int(n0 + used[i]),
+            )
+            for i in range(len(images))
+        ]
+
+    def _check_sequential(self, n0: int, max_n: int, alpha: float, batch_size: int) -> tuple[int, int, float, int]:
+        n0 = _check_positive_int(n0, "n0")
+        max_n = _check_positive_int(max_n, "max_n")
+        if max_n < n0:
+            raise ValueError(f"`max_n` must be >= n0 = {n0}, got {max_n}")
+        return n0, max_n, _check_alpha(alpha), _check_positive_int(batch_size, "batch_size")
+
+    def _estimate_in_rounds(
+        self,
+        images: torch.Tensor,
+        seeds: list[int],
+        n0: int,
+        schedule: list[int],
+        batch_size: int,
+        stop: Callable[[np.ndarray, np.ndarray, int, bool], np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Selection, then estimation rounds for the images still undecided, until ``stop`` ends them all.
+
+        Round k draws noise chunks [n_(k-1) / 128, n_k / 128) of each active image's estimation stream of
+        length ``schedule[-1]``, so an image's draws do not depend on the other images or the batch size.
+        ``stop(active image indices, their top-class counts, n_k, is last round)`` returns which stop now.
+        Returns the selection counts [B, K], top-class estimation counts [B] and estimation samples drawn [B].
+        """
+        selection = self.sample_counts(images, seeds, Phase.SELECTION, n0, batch_size)
+        top = selection.argmax(axis=1)
+        counts = np.zeros(len(images), dtype=np.int64)
+        used = np.zeros(len(images), dtype=np.int64)
+        active = np.arange(len(images))
+        drawn_chunks = 0
+        for k, trials in enumerate(schedule):
+            chunk_end = -(-trials // NOISE_CHUNK_SIZE)
+            round_counts = self.sample_counts(
+                images[active], [seeds[i] for i in active], Phase.ESTIMATION, schedule[-1], batch_size,
+                chunks=range(drawn_chunks, chunk_end),
+            )
+            counts[active] += round_counts[np.arange(len(active)), top[active]]
+            used[active] = trials
+            drawn_chunks = chunk_end
+            active = active[~stop(active, counts[active], trials, k == len(schedule) - 1)]
+            if not len(active):
+                break
+        return selection, counts, used
 
     # ------------------------------------------------------------------ sampling
 

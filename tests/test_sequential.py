@@ -1,0 +1,150 @@
+"""Sample-efficient certification (fixed-radius decisions, adaptive radii) on the linear classifier whose
+smoothed probabilities are known in closed form: at signed distance d from its boundary, p_A = Phi(|d| / sigma)
+and the exact certified radius is |d|."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom, norm
+
+from smoothing_hf import ABSTAIN, Smoother, clopper_pearson_lower
+from smoothing_hf.noise import NOISE_CHUNK_SIZE
+from smoothing_hf.sequential import clopper_pearson_bounds, sample_schedule
+
+SIGMA = 0.25
+
+
+def images_at(boundary, distances):
+    return torch.stack([boundary.image_at(float(d)) for d in distances])
+
+
+def test_schedule_grows_geometrically_in_whole_chunks_up_to_max_n():
+    assert sample_schedule(100_000) == [128, 512, 2048, 8192, 32768, 100_000]
+    assert sample_schedule(6000, growth=2.0) == [128, 256, 512, 1024, 2048, 4096, 6000]
+    assert sample_schedule(100) == [100]
+    for schedule in (sample_schedule(100_000), sample_schedule(777, growth=1.5)):
+        assert all(n % NOISE_CHUNK_SIZE == 0 for n in schedule[:-1])
+        assert schedule == sorted(set(schedule))
+
+
+def test_one_sided_bounds_are_the_exact_clopper_pearson_bounds():
+    successes, trials, alpha = np.array([0, 3, 50, 99, 100]), np.full(5, 100), 0.01
+    lower, upper = clopper_pearson_bounds(successes, trials, alpha)
+    np.testing.assert_allclose(lower, clopper_pearson_lower(successes, 100, alpha))
+    # At p = upper, seeing `successes` or fewer has probability exactly alpha.
+    np.testing.assert_allclose(binom.cdf(successes[:-1], 100, upper[:-1]), alpha, rtol=1e-6)
+    assert upper[-1] == 1.0
+
+
+def test_fixed_radius_decisions_are_sound_where_the_true_radius_is_just_below(linear_boundary):
+    """At distance 0.2499 the true radius is just below r = 0.25 (p_A < Phi(r / sigma)): certifying is an
+    error, allowed with probability alpha per point. Testing each of the K = 6 rounds at the full alpha
+    instead of alpha / K fails this test (measured: 67 errors where 35 are allowed; 12 with alpha / K)."""
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    alpha, points = 0.05, 400
+    distances = np.where(np.arange(points) % 2, 0.2499, -0.2499)
+    decisions = smoother.certify_at_radius(
+        images_at(linear_boundary, distances), 0.25, n0=64, max_n=4096, alpha=alpha, batch_size=8192, seed=11, growth=2.0
+    )
+    certified = np.array([d.certified for d in decisions])
+    assert certified.sum() <= binom.ppf(0.999, points, alpha)
+    assert all(d.samples <= 64 + 4096 for d in decisions)
+
+
+def test_fixed_radius_certifies_far_points_with_few_samples_and_refutes_near_ones(linear_boundary):
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    distances = np.array([-0.8, -0.5, 0.5, 0.8, 0.02, -0.05])
+    decisions = smoother.certify_at_radius(
+        images_at(linear_boundary, distances), 0.25, n0=100, max_n=100_000, alpha=0.001, batch_size=4096, seed=2
+    )
+    assert [d.certified for d in decisions] == [True, True, True, True, False, False]
+    assert [d.prediction for d in decisions[:4]] == [0, 0, 1, 1]
+    # p_A >= Phi(2) = 0.977 where certified: one or two rounds (128 or 512 draws) settle it.
+    assert all(d.samples <= 100 + 512 for d in decisions[:4])
+    # Near the boundary p_A is about Phi(0.2) = 0.58 << Phi(1) = 0.84: the first round refutes it.
+    assert all(d.samples == 100 + 128 for d in decisions[4:])
+
+
+def test_fixed_radius_decisions_do_not_depend_on_batch_size_or_batching(linear_boundary):
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    distances = np.linspace(-0.4, 0.4, 9)
+    images = images_at(linear_boundary, distances)
+    kwargs = dict(n0=50, max_n=5000, alpha=0.01, seed=4)
+    batched = smoother.certify_at_radius(images, 0.2, batch_size=4096, **kwargs)
+    assert smoother.certify_at_radius(images, 0.2, batch_size=100, **kwargs) == batched
+    seeds = [derived for derived in _derived_seeds(4, len(images))]
+    alone = [smoother.certify_at_radius(image, 0.2, batch_size=333, **{**kwargs, "seed": s}) for image, s in zip(images, seeds)]
+    assert alone == batched
+
+
+def test_all_rounds_draw_the_noise_of_fixed_n_certification(linear_boundary):
+    """An undecided image draws, over its rounds, exactly the max_n estimation samples ``certify`` draws
+    with n = max_n: at d = 0.25 and r = 0.25 nothing is settled before the end."""
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    image = linear_boundary.image_at(0.25)
+    decision = smoother.certify_at_radius(image, 0.25, n0=100, max_n=3000, alpha=0.001, batch_size=512, seed=5)
+    assert decision.samples == 3100
+    adaptive = smoother.certify(image, n0=100, n=3000, alpha=0.001, batch_size=512, seed=5, tolerance=1e-9)
+    fixed = smoother.certify(image, n0=100, n=3000, alpha=0.001, batch_size=512, seed=5)
+    assert adaptive.samples == fixed.samples == 3100
+    assert adaptive.count == fixed.count and adaptive.selection_count == fixed.selection_count
+
+
+def test_adaptive_radius_is_sound_on_the_linear_classifier(linear_boundary):
+    """The adaptive certificate may exceed the true radius |d| (or name the wrong class) only with
+    probability alpha per point, whatever round it stopped at."""
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    alpha, points = 0.05, 300
+    distances = np.linspace(-0.6, 0.6, points)
+    certificates = smoother.certify(
+        images_at(linear_boundary, distances), n0=64, n=8192, alpha=alpha, batch_size=8192, seed=7, tolerance=0.01
+    )
+    truth = (distances > 0).astype(int)
+    predictions = np.array([c.prediction for c in certificates])
+    radii = np.array([c.radius for c in certificates])
+    answered = predictions != ABSTAIN
+    wrong = answered & ((predictions != truth) | (radii > np.abs(distances)))
+    assert wrong.sum() <= binom.ppf(0.999, points, alpha)
+    # And it is close where p_A is well inside (1/2, 1): within the sampling slack.
+    middle = np.abs(distances) > 0.1
+    assert np.median(np.abs(distances[middle]) - radii[middle]) < 0.05
+
+
+def test_adaptive_stops_early_when_more_samples_would_not_pay(linear_boundary):
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    images = images_at(linear_boundary, [0.1, 1.8])
+    coarse = smoother.certify(images, n0=100, n=100_000, alpha=0.001, batch_size=4096, seed=8, tolerance=1.0)
+    assert [c.samples for c in coarse] == [228, 228]  # no next round can add a whole radius of 1.0
+    fine = smoother.certify(images, n0=100, n=100_000, alpha=0.001, batch_size=4096, seed=8, tolerance=0.02)
+    # Far from the boundary every draw agrees and each round still raises the radius by more than 0.02.
+    assert fine[1].samples == 100_100
+    assert fine[1].radius == pytest.approx(SIGMA * norm.ppf((0.001 / 6) ** (1 / 100_000)))
+    # Near it (p_A = Phi(0.4) = 0.66) the radius saturates at 0.1 and sampling stops well before the budget.
+    assert fine[0].samples < 10_000 and fine[0].prediction == 1 and 0 < fine[0].radius <= 0.1
+
+
+def test_adaptive_certificates_do_not_depend_on_batch_size(linear_boundary):
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    images = images_at(linear_boundary, np.linspace(-0.5, 0.5, 7))
+    kwargs = dict(n0=50, n=5000, alpha=0.01, seed=9, tolerance=0.02)
+    assert smoother.certify(images, batch_size=64, **kwargs) == smoother.certify(images, batch_size=5000, **kwargs)
+
+
+def test_sequential_bad_input(linear_boundary):
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    image = linear_boundary.image_at(0.3)
+    with pytest.raises(ValueError, match="`radius` must be"):
+        smoother.certify_at_radius(image, -0.1, n0=10, max_n=100, alpha=0.01, batch_size=10)
+    with pytest.raises(ValueError, match="`max_n` must be >= n0"):
+        smoother.certify_at_radius(image, 0.1, n0=100, max_n=50, alpha=0.01, batch_size=10)
+    with pytest.raises(ValueError, match="`growth` must be"):
+        smoother.certify_at_radius(image, 0.1, n0=10, max_n=100, alpha=0.01, batch_size=10, growth=1.0)
+    for tolerance in (0.0, -1.0):
+        with pytest.raises(ValueError, match="`tolerance` must be"):
+            smoother.certify(image, n0=10, n=100, alpha=0.01, batch_size=10, tolerance=tolerance)
+
+
+def _derived_seeds(seed, count):
+    from smoothing_hf import derive_seed
+
+    return [derive_seed(seed, i) for i in range(count)]
