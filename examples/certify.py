@@ -6,6 +6,10 @@
 Writes ``certify.tsv`` (idx, label, predict, radius, correct, time) and ``summary.json`` in ``--output_dir``
 and prints certified accuracy at radii 0, 0.25, 0.5, 0.75 with the ACR and the abstain rate. Rerunning
 with the same ``--output_dir`` resumes. ``--mode predict`` runs Cohen's PREDICT instead (``predict.tsv``).
+Sample-efficient modes, with the same (1 - alpha) guarantee: ``--mode fixed_radius --radius 0.5 --max_n 100000``
+decides "robust at radius 0.5?" per image, stopping as soon as that is settled; ``--mode adaptive
+--tolerance 0.02 --max_n 100000`` certifies radii, stopping once more samples would add less than the
+tolerance. A ``samples`` column after Cohen's records the noisy forward passes each image took.
 ``--update_model_card true`` writes the results into the model folder's ``smoothing_config.json`` and card.
 Several CPU processes: ``torchrun --nproc_per_node 2 -- examples/certify.py ...``; several GPUs:
 ``accelerate launch --multi_gpu --num_processes 8 examples/certify.py ...``. Job arrays:
@@ -50,7 +54,17 @@ class CertifyArguments:
     sample_parallel: bool = field(
         default=False, metadata={"help": "Split each image's noise samples over processes (few images, huge n)."}
     )
-    mode: str = field(default="certify", metadata={"help": "certify (CERTIFY, radii) or predict (PREDICT, abstentions)."})
+    mode: str = field(
+        default="certify",
+        metadata={"help": "certify (CERTIFY, radii), predict (PREDICT, abstentions), fixed_radius (is each image robust "
+                  "at --radius?) or adaptive (CERTIFY with adaptive sample sizes, --tolerance)."},
+    )
+    radius: float | None = field(default=None, metadata={"help": "fixed_radius mode: the l2 radius to test (pixels in [0, 1])."})
+    max_n: int | None = field(default=None, metadata={"help": "fixed_radius / adaptive modes: most estimation samples per image."})
+    tolerance: float | None = field(
+        default=None, metadata={"help": "adaptive mode: stop when the next round would raise the radius by less than this."}
+    )
+    growth: float = field(default=4.0, metadata={"help": "fixed_radius / adaptive modes: factor between round sizes."})
     update_model_card: bool = field(
         default=False,
         metadata={"help": "Write the results into the smoothing_config.json and README.md of --model_name_or_path (a saved folder)."},
@@ -77,11 +91,20 @@ def main() -> None:
         model, dataset.with_transform(ImageClassificationTransform.for_model(model)),
         n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
         output_dir=args.output_dir, max_examples=args.max_examples, skip=args.skip, num_shards=args.num_shards,
-        shard_index=args.shard_index, sample_parallel=args.sample_parallel, mode=args.mode,
+        shard_index=args.shard_index, sample_parallel=args.sample_parallel, mode=args.mode, radius=args.radius,
+        max_n=args.max_n, tolerance=args.tolerance, growth=args.growth,
     )
     if PartialState().is_main_process:
-        print(f"sigma = {model.sigma}, n0 = {args.n0}, n = {args.n}, alpha = {args.alpha}, {summary['num_examples']} examples")
-        print(format_summary(summary) if args.mode == "certify" else f"accuracy {summary['accuracy']:.4f}, abstain {summary['abstain_rate']:.4f}")
+        samples = summary["samples_per_image"]
+        budget = f"n = {args.n}" if args.max_n is None else f"max_n = {args.max_n}"
+        print(f"sigma = {model.sigma}, n0 = {args.n0}, {budget}, alpha = {args.alpha}, {summary['num_examples']} examples, "
+              f"samples per image: mean {samples['mean']:.0f}, median {samples['median']:.0f}")
+        if args.mode in ("certify", "adaptive"):
+            print(format_summary(summary))
+        elif args.mode == "fixed_radius":
+            print(f"certified accuracy at r = {args.radius:g}: {summary['certified_accuracy'][f'{args.radius:g}']:.4f}")
+        else:
+            print(f"accuracy {summary['accuracy']:.4f}, abstain {summary['abstain_rate']:.4f}")
         if args.update_model_card:
             update_results(args.model_name_or_path, summary, dataset_name=args.dataset_name or args.validation_dir, split=args.split)
 

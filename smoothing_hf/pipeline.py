@@ -1,4 +1,5 @@
-"""``certify()``: Cohen's CERTIFY (or PREDICT) over a dataset, spread over processes with Accelerate.
+"""``certify()``: Cohen's CERTIFY (or PREDICT, a fixed-radius test, adaptive CERTIFY) over a dataset, spread
+over processes with Accelerate.
 
 Read top to bottom: pick example indices (``skip``, ``max_examples``, shard) -> drop those already done in
 ``output_dir`` -> split the rest over processes (or, sample-parallel, split each image's noise chunks) ->
@@ -33,11 +34,19 @@ from .noise import Phase, chunk_sizes, derive_seed
 from .reporting import DEFAULT_RADII, plot_certified_accuracy, summarize
 
 COLUMNS = {
-    "certify": ("idx", "label", "predict", "radius", "correct", "time"),
-    "predict": ("idx", "label", "predict", "correct", "time"),
+    "certify": ("idx", "label", "predict", "radius", "correct", "time", "samples"),
+    "fixed_radius": ("idx", "label", "predict", "radius", "correct", "time", "samples"),
+    "adaptive": ("idx", "label", "predict", "radius", "correct", "time", "samples"),
+    "predict": ("idx", "label", "predict", "correct", "time", "samples"),
 }
+"""Columns of each mode's TSV: Cohen's, then the noisy samples spent on the example. In fixed_radius mode
+``radius`` is the radius tested where certified, else 0.0, so certified accuracy reads the same way."""
+SEQUENTIAL_MODES = ("fixed_radius", "adaptive")
 SETTINGS_NAME = "settings.json"
-RESUME_KEYS = ("mode", "sigma", "n0", "n", "alpha", "seed", "skip", "num_shards", "shard_index", "model", "num_dataset_examples")
+RESUME_KEYS = (
+    "mode", "sigma", "n0", "n", "alpha", "seed", "skip", "num_shards", "shard_index", "model", "num_dataset_examples",
+    "radius", "max_n", "tolerance", "growth",
+)
 """Settings a resumed run must share with the folder's recorded ones (batch size and process count may differ)."""
 
 
@@ -57,10 +66,14 @@ def certify(
     shard_index: int = 0,
     sample_parallel: bool = False,
     mode: str = "certify",
+    radius: float | None = None,
+    max_n: int | None = None,
+    tolerance: float | None = None,
+    growth: float = 4.0,
     radii: Sequence[float] = DEFAULT_RADII,
     evaluate_metric: Any = None,
 ) -> dict:
-    """Certify (or, with ``mode="predict"``, PREDICT) examples of ``dataset`` into ``output_dir``.
+    """Certify (or PREDICT, or test a radius) examples of ``dataset`` into ``output_dir``.
 
     Rerunning with the same ``output_dir`` resumes: examples already done are skipped; settings that
     differ from the folder's (sigma, n0, n, alpha, seed, model, skip, shard) are an error.
@@ -76,7 +89,11 @@ def certify(
             the shard folders with ``merge_shards``. ``max_examples`` counts the whole run, not a shard.
         sample_parallel: split each image's noise chunks over the processes instead of the images (few
             images, huge n); the rows are the same either way.
-        mode: "certify" (Cohen's CERTIFY, ``certify.tsv``) or "predict" (PREDICT, ``predict.tsv``).
+        mode: "certify" (Cohen's CERTIFY, ``certify.tsv``), "predict" (PREDICT, ``predict.tsv``),
+            "fixed_radius" (``Smoother.certify_at_radius`` at ``radius`` with up to ``max_n`` estimation
+            samples, ``certify.tsv``) or "adaptive" (``Smoother.certify`` with ``tolerance``, up to ``max_n``
+            estimation samples, ``certify.tsv``); ``growth`` is the round-size factor of both. The sequential
+            modes split images, not samples, over processes.
         evaluate_metric: optionally, the certified accuracy ``evaluate`` module
             (``evaluate.load(smoothing_hf.reporting.certified_accuracy_metric_path())``); its result goes
             into the summary under "evaluate".
@@ -85,9 +102,13 @@ def certify(
         The summary written to ``summary.json``.
     """
     _check_arguments(mode, skip, max_examples, num_shards, shard_index)
+    _check_sequential_arguments(mode, n0, max_n, radius, tolerance, sample_parallel)
     state = PartialState(cpu=not torch.cuda.is_available())
+    sequential = mode in SEQUENTIAL_MODES
     settings = {
-        "mode": mode, "sigma": model.sigma, "n0": n0 if mode == "certify" else None, "n": n, "alpha": alpha,
+        "mode": mode, "sigma": model.sigma, "n0": None if mode == "predict" else n0, "n": None if sequential else n,
+        "alpha": alpha, "radius": radius if mode == "fixed_radius" else None, "max_n": max_n if sequential else None,
+        "tolerance": tolerance if mode == "adaptive" else None, "growth": growth if sequential else None,
         "seed": seed, "skip": skip, "max_examples": max_examples, "num_shards": num_shards, "shard_index": shard_index,
         "model": {"base_model_name_or_path": model.config.base_model_name_or_path,
                   "base_model_revision": model.config.base_model_revision, "method": model.config.peft_method},
@@ -101,30 +122,30 @@ def certify(
     started = time.perf_counter()
     progress = tqdm(total=len(selected), initial=len(selected) - len(remaining), desc=mode, unit="img",
                     disable=not state.is_main_process)
-    samples_per_image = (n0 + n) if mode == "certify" else n
     new_rows: list[dict] = []
-    finished = 0  # examples certified by all processes in this run (estimated from this one's progress)
+    spent = 0  # samples drawn by all processes in this run (estimated from this one's progress)
     with open(os.path.join(output_dir, f"progress-{state.process_index}.tsv"), "a", newline="") as progress_file:
         writer = csv.writer(progress_file, delimiter="\t", lineterminator="\n")
         if sample_parallel:
             work = [[idx] for idx in remaining]
         else:
             with state.split_between_processes(remaining) as mine:
-                group = max(1, math.ceil(batch_size / samples_per_image))  # pack images when n < batch size
+                fewest = n0 if sequential else (n0 + n if mode == "certify" else n)
+                group = max(1, math.ceil(batch_size / fewest))  # pack images when few samples fill a batch
                 work = [mine[i : i + group] for i in range(0, len(mine), group)]
         for chunk in work:
             tic = time.perf_counter()
             pixels, labels = _load(dataset, chunk, model.num_labels, mode)
-            rows = _run(smoother, pixels, labels, chunk, mode, n0, n, alpha, batch_size, seed, sample_parallel, state)
+            rows = _run(smoother, pixels, labels, chunk, settings, batch_size, sample_parallel, state)
             for row in rows:
                 row["time"] = (time.perf_counter() - tic) / len(rows)
                 if state.is_main_process or not sample_parallel:
                     writer.writerow([_format(row[column]) for column in COLUMNS[mode]])
                     new_rows.append(row)
             progress_file.flush()
-            finished += len(chunk) * (1 if sample_parallel else state.num_processes)
+            spent += sum(row["samples"] for row in rows) * (1 if sample_parallel else state.num_processes)
             progress.update(len(chunk) * (1 if sample_parallel else state.num_processes))
-            progress.set_postfix(samples_per_s=f"{finished * samples_per_image / (time.perf_counter() - started):.0f}")
+            progress.set_postfix(samples_per_s=f"{spent / (time.perf_counter() - started):.0f}")
     progress.close()
     with open(os.path.join(output_dir, "certify.log"), "a") as log:
         log.write(f"rank {state.process_index} of {state.num_processes} on {state.device}: {len(new_rows)} new rows\n")
@@ -134,7 +155,7 @@ def certify(
     summary = None
     if state.is_main_process:
         rows = _merge_rows([*done.values(), *new_rows])
-        summary = _finish(rows, settings, output_dir, mode, radii, samples_per_image * len(new_rows) / wall if new_rows else None)
+        summary = _finish(rows, settings, output_dir, mode, radii, sum(r["samples"] for r in new_rows) / wall if new_rows else None)
         if evaluate_metric is not None and mode == "certify":
             summary["evaluate"] = evaluate_metric.compute(
                 predictions=[r["predict"] for r in rows], radii=[r["radius"] for r in rows],
@@ -162,7 +183,7 @@ def merge_shards(shard_dirs: Sequence[str | os.PathLike], output_dir: str | os.P
     if shard_indices != list(range(first["num_shards"])):
         raise ValueError(f"`shard_dirs` must hold shards 0..{first['num_shards'] - 1} once each, got shard indices {shard_indices}")
     mode = first["mode"]
-    rows = [row for folder in shard_dirs for row in _read_rows(os.path.join(folder, f"{mode}.tsv"), mode)]
+    rows = [row for folder in shard_dirs for row in _read_rows(os.path.join(folder, _tsv_name(mode)), mode)]
     indices = [row["idx"] for row in rows]
     repeated = sorted({i for i in indices if indices.count(i) > 1})
     if repeated:
@@ -192,6 +213,35 @@ def _check_arguments(mode: str, skip: int, max_examples: int | None, num_shards:
         raise ValueError(f"`shard_index` must be an int in [0, num_shards={num_shards}), got {shard_index!r}")
 
 
+def _check_sequential_arguments(
+    mode: str, n0: int, max_n: int | None, radius: float | None, tolerance: float | None, sample_parallel: bool
+) -> None:
+    """The settings the sequential modes need (and only they take)."""
+    if mode not in SEQUENTIAL_MODES:
+        given = [name for name, value in (("radius", radius), ("max_n", max_n), ("tolerance", tolerance)) if value is not None]
+        if given:
+            raise ValueError(f"{given} apply to mode 'fixed_radius' or 'adaptive' only, got mode={mode!r}")
+        return
+    if sample_parallel:
+        raise ValueError(f"mode={mode!r} decides after each round of samples: it splits images over processes, not samples")
+    if max_n is None or isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < n0:
+        raise ValueError(f"mode={mode!r} needs `max_n`, the most estimation samples per image, an int >= n0 = {n0}; got {max_n!r}")
+    if mode == "fixed_radius" and (not _is_number(radius) or radius < 0):
+        raise ValueError(f"mode='fixed_radius' needs `radius`, the l2 radius to test (>= 0, pixels in [0, 1]); got {radius!r}")
+    if mode == "adaptive" and (not _is_number(tolerance) or tolerance <= 0):
+        raise ValueError(f"mode='adaptive' needs `tolerance`, a radius > 0 (l2, pixels in [0, 1]); got {tolerance!r}")
+    if mode == "fixed_radius" and tolerance is not None or mode == "adaptive" and radius is not None:
+        raise ValueError(f"mode={mode!r} takes {'`radius`' if mode == 'fixed_radius' else '`tolerance`'}, not both `radius` and `tolerance`")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _tsv_name(mode: str) -> str:
+    return "predict.tsv" if mode == "predict" else "certify.tsv"
+
+
 def _resume(output_dir: str | os.PathLike, settings: dict, mode: str, state: PartialState) -> dict[int, dict]:
     """Record the settings in a new folder, or check them against an existing one; return the rows
     already done (final file and progress files), by index."""
@@ -209,7 +259,7 @@ def _resume(output_dir: str | os.PathLike, settings: dict, mode: str, state: Par
             + ", ".join(f"{k}={recorded.get(k)!r} there, {settings[k]!r} now" for k in differing)
             + "; use another `output_dir`"
         )
-    files = [os.path.join(output_dir, f"{mode}.tsv"), *sorted(glob.glob(os.path.join(output_dir, "progress-*.tsv")))]
+    files = [os.path.join(output_dir, _tsv_name(mode)), *sorted(glob.glob(os.path.join(output_dir, "progress-*.tsv")))]
     rows = [row for file in files if os.path.exists(file) for row in _read_rows(file, mode)]
     return {row["idx"]: row for row in _merge_rows(rows)}
 
@@ -226,10 +276,11 @@ def _load(dataset: Any, indices: list[int], num_labels: int, mode: str) -> tuple
 
 
 def _run(
-    smoother: Smoother, pixels: torch.Tensor, labels: list[int], indices: list[int], mode: str,
-    n0: int, n: int, alpha: float, batch_size: int, seed: int, sample_parallel: bool, state: PartialState,
+    smoother: Smoother, pixels: torch.Tensor, labels: list[int], indices: list[int], settings: dict, batch_size: int,
+    sample_parallel: bool, state: PartialState,
 ) -> list[dict]:
-    seeds = [derive_seed(seed, idx) for idx in indices]
+    mode, n0, n, alpha = settings["mode"], settings["n0"], settings["n"], settings["alpha"]
+    seeds = [derive_seed(settings["seed"], idx) for idx in indices]
     if sample_parallel:  # this process draws every num_processes-th noise chunk; the counts are summed
         images = smoother.check_images(pixels).to(state.device)
         phases = ((Phase.PREDICTION, n),) if mode == "predict" else ((Phase.SELECTION, n0), (Phase.ESTIMATION, n))
@@ -243,27 +294,52 @@ def _run(
             predictions_from_counts(counts[0], alpha) if sample_parallel
             else smoother.predict(pixels, n=n, alpha=alpha, batch_size=batch_size, seed=seeds)
         )
-        return [{"idx": i, "label": y, "predict": p, "correct": int(p == y)} for i, y, p in zip(indices, labels, predictions)]
-    certificates = (
-        certificates_from_counts(counts[0], counts[1], alpha, smoother.sigma) if sample_parallel
-        else smoother.certify(pixels, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seeds)
-    )
+        return [
+            {"idx": i, "label": y, "predict": p, "correct": int(p == y), "samples": n}
+            for i, y, p in zip(indices, labels, predictions)
+        ]
+    if mode == "fixed_radius":
+        decisions = smoother.certify_at_radius(
+            pixels, settings["radius"], n0=n0, max_n=settings["max_n"], alpha=alpha, batch_size=batch_size, seed=seeds,
+            growth=settings["growth"],
+        )
+        return [
+            {"idx": i, "label": y, "predict": d.prediction, "radius": settings["radius"] if d.certified else 0.0,
+             "correct": int(d.prediction == y and d.prediction != ABSTAIN), "samples": d.samples}
+            for i, y, d in zip(indices, labels, decisions)
+        ]
+    if sample_parallel:
+        certificates = certificates_from_counts(counts[0], counts[1], alpha, smoother.sigma)
+    elif mode == "adaptive":
+        certificates = smoother.certify(
+            pixels, n0=n0, n=settings["max_n"], alpha=alpha, batch_size=batch_size, seed=seeds,
+            tolerance=settings["tolerance"], growth=settings["growth"],
+        )
+    else:
+        certificates = smoother.certify(pixels, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seeds)
     return [
-        {"idx": i, "label": y, "predict": c.prediction, "radius": c.radius, "correct": int(c.prediction == y and c.prediction != ABSTAIN)}
+        {"idx": i, "label": y, "predict": c.prediction, "radius": c.radius,
+         "correct": int(c.prediction == y and c.prediction != ABSTAIN), "samples": c.samples}
         for i, y, c in zip(indices, labels, certificates)
     ]
 
 
 def _finish(rows: list[dict], settings: dict, output_dir: str | os.PathLike, mode: str, radii: Sequence[float], samples_per_second: float | None) -> dict:
     """Write the final TSV, summary and plot; remove the progress files."""
-    _write_rows(rows, os.path.join(output_dir, f"{mode}.tsv"), mode)
-    if mode == "certify":
+    _write_rows(rows, os.path.join(output_dir, _tsv_name(mode)), mode)
+    if mode in ("certify", "adaptive"):
         summary = summarize(rows, radii)
         plot_certified_accuracy({f"sigma = {settings['sigma']:g}": rows}, os.path.join(output_dir, "certified_accuracy.png"))
+    elif mode == "fixed_radius":  # radii other than 0 and the one tested are not known; neither is the ACR
+        summary = {key: value for key, value in summarize(rows, sorted({0.0, settings["radius"]})).items() if key != "acr"}
     else:
         summary = {"num_examples": len(rows), "accuracy": float(np.mean([r["correct"] for r in rows])),
                    "abstain_rate": float(np.mean([r["predict"] == ABSTAIN for r in rows]))}
-    summary.update(settings=settings, samples_per_second=samples_per_second)
+    samples = [row["samples"] for row in rows]
+    summary.update(
+        samples_per_image={"mean": float(np.mean(samples)), "median": float(np.median(samples))} if rows else None,
+        settings=settings, samples_per_second=samples_per_second,
+    )
     write_json(summary, os.path.join(output_dir, "summary.json"))
     for file in glob.glob(os.path.join(output_dir, "progress-*.tsv")):
         os.remove(file)

@@ -29,11 +29,18 @@ def without_time(path):
     return [{k: v for k, v in row.items() if k != "time"} for row in read_tsv(path)]
 
 
+ADAPTIVE = ["--mode", "adaptive", "--max_n", "600", "--tolerance", "0.05"]
+
+
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed beside this Python")
-@pytest.mark.parametrize("mode", [[], ["--sample_parallel", "true"]], ids=["example-parallel", "sample-parallel"])
-def test_two_processes_give_the_single_process_rows(tiny_vit_gray_dir, tmp_path, mode):
-    run_certify(tmp_path / "one", tiny_vit_gray_dir, 1)
-    run_certify(tmp_path / "two", tiny_vit_gray_dir, 2, *mode)
+@pytest.mark.parametrize(
+    "options, parallel_options",
+    [([], []), ([], ["--sample_parallel", "true"]), (ADAPTIVE, ADAPTIVE)],
+    ids=["example-parallel", "sample-parallel", "adaptive"],
+)
+def test_two_processes_give_the_single_process_rows(tiny_vit_gray_dir, tmp_path, options, parallel_options):
+    run_certify(tmp_path / "one", tiny_vit_gray_dir, 1, *options)
+    run_certify(tmp_path / "two", tiny_vit_gray_dir, 2, *parallel_options)
     # Identical but for the time column, which is a measurement.
     assert without_time(tmp_path / "two" / "certify.tsv") == without_time(tmp_path / "one" / "certify.tsv")
     log = (tmp_path / "two" / "certify.log").read_text()

@@ -2,10 +2,11 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
-from smoothing_hf import SmoothedImageClassifier
+from smoothing_hf import SmoothedImageClassifier, derive_seed
 from smoothing_hf.pipeline import certify, merge_shards
 from smoothing_hf.reporting import read_tsv
 
@@ -128,7 +129,7 @@ def test_three_shards_merge_into_the_single_run(model, dataset, reference, tmp_p
 def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_path):
     summary = certify(model, dataset, output_dir=tmp_path, mode="predict", n=200, alpha=0.01, batch_size=256)
     lines = (tmp_path / "predict.tsv").read_text().splitlines()
-    assert lines[0].split("\t") == ["idx", "label", "predict", "correct", "time"] and len(lines) == 13
+    assert lines[0].split("\t") == ["idx", "label", "predict", "correct", "time", "samples"] and len(lines) == 13
     assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["abstain_rate"] <= 1
     parallel = certify(model, dataset, output_dir=tmp_path / "p", mode="predict", n=200, alpha=0.01, batch_size=64, sample_parallel=True)
     assert (parallel["accuracy"], parallel["abstain_rate"]) == (summary["accuracy"], summary["abstain_rate"])
@@ -143,11 +144,42 @@ def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_pa
         ({"skip": 0}, "`skip` must be a positive int"),
         ({"shard_index": 3, "num_shards": 3}, r"`shard_index` must be an int in \[0, num_shards=3\)"),
         ({"max_examples": 0}, "`max_examples`"),
+        ({"mode": "fixed_radius", "radius": 0.25}, "needs `max_n`"),
+        ({"mode": "fixed_radius", "radius": 0.25, "max_n": 5}, r"needs `max_n`.*>= n0 = 10"),
+        ({"mode": "fixed_radius", "radius": -0.25, "max_n": 500}, "needs `radius`"),
+        ({"mode": "fixed_radius", "max_n": 500}, "needs `radius`"),
+        ({"mode": "adaptive", "max_n": 500, "tolerance": 0.0}, "needs `tolerance`"),
+        ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "radius": 0.2}, "not both"),
+        ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "sample_parallel": True}, "splits images over processes"),
+        ({"radius": 0.25}, r"\['radius'\] apply to mode 'fixed_radius' or 'adaptive' only"),
     ],
 )
 def test_bad_arguments(model, dataset, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         certify(model, dataset, output_dir=tmp_path, **{**SETTINGS, **kwargs})
+
+
+@pytest.mark.parametrize("mode, option", [("fixed_radius", {"radius": 0.05}), ("adaptive", {"tolerance": 0.05})])
+def test_sequential_modes_give_the_smoothers_answers_whatever_the_batch_size(model, dataset, tmp_path, mode, option):
+    settings = dict(n0=10, max_n=700, alpha=0.01, seed=3, mode=mode, **option)
+    summary = certify(model, dataset, output_dir=tmp_path / "a", batch_size=128, **settings)
+    rows = rows_without_time(tmp_path / "a" / "certify.tsv")
+    certify(model, dataset, output_dir=tmp_path / "b", batch_size=50, **settings)
+    assert rows_without_time(tmp_path / "b" / "certify.tsv") == rows
+    pixels = torch.stack([item["pixel_values"] for item in dataset])
+    seeds = [derive_seed(3, idx) for idx in range(len(dataset))]
+    smoother = model.smoother()
+    if mode == "fixed_radius":
+        answers = smoother.certify_at_radius(pixels, 0.05, n0=10, max_n=700, alpha=0.01, batch_size=256, seed=seeds)
+        expected = [(d.prediction, 0.05 if d.certified else 0.0, d.samples) for d in answers]
+        assert set(summary["certified_accuracy"]) == {"0", "0.05"} and "acr" not in summary
+    else:
+        answers = smoother.certify(pixels, n0=10, n=700, alpha=0.01, batch_size=256, seed=seeds, tolerance=0.05)
+        expected = [(c.prediction, c.radius, c.samples) for c in answers]
+    assert [(r["predict"], r["radius"], r["samples"]) for r in rows] == expected
+    samples = [r["samples"] for r in rows]
+    assert summary["samples_per_image"] == {"mean": pytest.approx(np.mean(samples)), "median": np.median(samples)}
+    assert all(10 + 128 <= s <= 710 for s in samples)
 
 
 def test_unlabelled_data_and_labels_outside_the_head_are_errors(model, dataset, tmp_path):
