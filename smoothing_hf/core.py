@@ -108,7 +108,7 @@ def check_sigma(sigma: float) -> float:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: object) -> Iterator[None]:
+def eval_mode(module: object) -> Iterator[None]:
     """Put an ``nn.Module`` in eval mode (no dropout: f must be deterministic) and restore its mode after."""
     if not isinstance(module, torch.nn.Module):
         yield
@@ -417,7 +417,7 @@ class Smoother:
         work = [(owner, seed, c, sizes[c]) for owner, seed in enumerate(seeds) for c in chunk_ids]
         num_cells = len(images) * self.num_classes
         counts = torch.zeros(num_cells, dtype=torch.long, device=images.device)
-        with torch.inference_mode(), _eval_mode(self.base_classifier):
+        with torch.inference_mode(), eval_mode(self.base_classifier):
             for noisy, owners in self._noisy_batches(images, work, phase, batch_size):
                 predictions = self._logits(noisy).argmax(dim=1)
                 counts += torch.bincount(owners * self.num_classes + predictions, minlength=num_cells)

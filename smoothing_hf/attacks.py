@@ -1,0 +1,414 @@
+"""Empirical robustness: the SmoothAdv l2 attack on a smoothed classifier, beside its certificate.
+
+SmoothAdv (Salman et al., "Provably Robust Deep Learning via Adversarially Trained Smoothed Classifiers",
+NeurIPS 2019) attacks the soft smoothed classifier G(x) = E_e[softmax(f(x + e))], e ~ N(0, sigma^2 I): projected
+gradient ascent on -log G(x')_y over the l2 ball of radius epsilon around x (and the [0, 1] pixel box), the
+expectation estimated from m fresh noise draws at every step. ``attack_dataset`` then runs PREDICT on the
+attacked images: the fraction still classified correctly is an upper bound on the smoothed classifier's
+robust accuracy at epsilon, as the certified accuracy is a lower bound (with probability 1 - alpha each).
+
+The PGD loop is written here rather than taken from torchattacks, whose package requires torchvision and pins
+requests~=2.25 (a plain install pulls another torch build and downgrades requests), and whose PGDL2 would need
+a stateful wrapper to draw the per-image seeded noise. All noise is seeded per image, so an attack is
+reproducible and independent of PREDICT's noise.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .core import ABSTAIN, PIXEL_TOLERANCE, eval_mode, check_sigma
+from .files import atomic_path, write_json, write_text
+from .modeling import SmoothedImageClassifier
+from .noise import check_seed, derive_seed
+from .reporting import read_tsv, summarize
+
+ATTACK_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Default attack radii epsilon (l2, [0, 1] pixels); 0 is the clean image (PREDICT without attack)."""
+ATTACK_STREAM = 1000
+"""Tag of an image's attack noise stream, ``derive_seed(image seed, ATTACK_STREAM)``: a stream apart from
+the selection, estimation and prediction streams (``noise.Phase``), so the attack never sees PREDICT's noise."""
+ATTACK_COLUMNS = ("idx", "label", "epsilon", "distance", "predict", "correct", "time")
+ATTACK_TSV = "attack.tsv"
+ROBUSTNESS_PLOT = "robustness.png"
+
+
+def smooth_adv(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    epsilon: float,
+    *,
+    sigma: float | None = None,
+    num_noise: int = 8,
+    steps: int = 20,
+    step_size: float | None = None,
+    batch_size: int = 256,
+    seed: int | Sequence[int] = 0,
+) -> torch.Tensor:
+    """SmoothAdv's l2 PGD against the smoothed version of ``model`` (Salman et al.'s ``SmoothAdv_PGD``).
+
+    Maximizes L(x') = -log((1/m) sum_j softmax(f(x' + e_j))_y), e_j ~ N(0, sigma^2 I), over ||x' - x||_2 <=
+    epsilon and x' in [0, 1]: from x' = x, each of ``steps`` steps moves x' by ``step_size`` along the
+    normalized gradient of L (m = ``num_noise`` fresh draws), then clips x' to [0, 1] and scales x' - x
+    back into the ball. Noise reaches ``model`` unclipped, as in certification.
+
+    Args:
+        model: a white-box ``torch.nn.Module`` mapping [B, C, H, W] pixels in [0, 1] to [B, K] logits (or an
+            output with ``logits``), differentiable with respect to its input: a ``SmoothedImageClassifier``
+            (denoiser composites included), a base classifier, any module.
+        images: [B, C, H, W] clean pixels in [0, 1].
+        labels: the B true classes, whose smoothed probability the attack lowers.
+        epsilon: the l2 radius of the attack in [0, 1] pixel units (>= 0; 0 returns the images).
+        sigma: noise std in [0, 1] pixel units; by default ``model.sigma``.
+        num_noise: m, noise draws per image per step (>= 1).
+        steps: gradient steps (>= 1).
+        step_size: l2 length of each step; by default 2 * epsilon / steps (Salman et al.'s).
+        batch_size: noisy samples per forward pass (images are attacked batch_size // m at a time).
+        seed: noise seed; an int gives image i the seed ``derive_seed(seed, i)``, a sequence one per image.
+            Image seed s draws its noise from ``derive_seed(s, ATTACK_STREAM)``, so the result does not
+            depend on the other images (up to floating-point rounding).
+
+    Returns:
+        The attacked images [B, C, H, W], in [0, 1], each within l2 distance epsilon of its clean image.
+
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module`` (a black-box callable), or its output has no
+            gradient with respect to its input (its forward runs under ``torch.no_grad``, or it only queries).
+        ValueError: epsilon < 0, num_noise, steps or batch_size < 1, step_size <= 0, no sigma, labels that do
+            not match the images or the model's classes, images outside [0, 1].
+    """
+    _check_white_box(model)
+    epsilon = _check_number(epsilon, "epsilon", "a float >= 0 (l2 radius in [0, 1] pixel units)", minimum=0.0)
+    num_noise = _check_count(num_noise, "num_noise")
+    steps = _check_count(steps, "steps")
+    batch_size = _check_count(batch_size, "batch_size")
+    if step_size is not None:
+        step_size = _check_number(step_size, "step_size", "a float > 0 (l2 length of a step) or None", minimum=0.0, strict=True)
+    if sigma is None:
+        sigma = getattr(model, "sigma", None)
+        if sigma is None:
+            raise ValueError("`sigma` is required: `model` has no `sigma` attribute to take the noise level from")
+    sigma = check_sigma(sigma)
+    images = _check_images(images)
+    labels = torch.as_tensor(labels, dtype=torch.long, device=images.device).reshape(-1)
+    if len(labels) != len(images):
+        raise ValueError(f"`labels` must hold one class per image ({len(images)}), got {len(labels)}")
+    seeds = _image_seeds(seed, len(images))
+    if epsilon == 0:
+        return images.clone()
+
+    step_size = step_size if step_size is not None else 2 * epsilon / steps
+    group = max(1, batch_size // num_noise)
+    attacked = [
+        _attack_group(model, images[i : i + group], labels[i : i + group], seeds[i : i + group],
+                      epsilon, sigma, num_noise, steps, step_size)
+        for i in range(0, len(images), group)
+    ]
+    return torch.cat(attacked)
+
+
+def _attack_group(
+    model: torch.nn.Module, clean: torch.Tensor, labels: torch.Tensor, seeds: list[int],
+    epsilon: float, sigma: float, num_noise: int, steps: int, step_size: float,
+) -> torch.Tensor:
+    """SmoothAdv on a few images together: [b, C, H, W] clean pixels -> attacked pixels."""
+    generators = [torch.Generator(device=clean.device).manual_seed(derive_seed(s, ATTACK_STREAM)) for s in seeds]
+    shape = (num_noise, *clean.shape[1:])
+    delta = torch.zeros_like(clean)
+    with torch.enable_grad(), eval_mode(model):
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            noise = torch.cat([torch.randn(shape, generator=g, device=clean.device) for g in generators])
+            logits = _logits(model((clean + delta).repeat_interleave(num_noise, dim=0) + sigma * noise), len(noise))
+            num_classes = logits.shape[1]
+            if not (0 <= labels.min() and labels.max() < num_classes):
+                raise ValueError(f"`labels` must be classes of the model, in [0, {num_classes}), got {labels.tolist()}")
+            # log of the soft smoothed classifier, log mean_j softmax(f(x' + e_j)), computed stably
+            log_smoothed = torch.logsumexp(logits.log_softmax(dim=1).view(len(clean), num_noise, -1), dim=1) - math.log(num_noise)
+            loss = -log_smoothed.gather(1, labels[:, None]).sum()  # a sum: each image gets its own gradient
+            gradient = torch.autograd.grad(loss, delta, allow_unused=True)[0] if loss.requires_grad else None
+            if gradient is None:
+                raise TypeError(
+                    "the output of `model` has no gradient with respect to its input (is its forward run under "
+                    "torch.no_grad, or is it a black-box that only answers queries?); SmoothAdv is a white-box attack"
+                )
+            norms = gradient.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            delta = delta.detach() + step_size * gradient / norms
+            delta = (clean + delta).clamp(0, 1) - clean  # into the pixel box, then into the l2 ball
+            delta = delta.renorm(p=2, dim=0, maxnorm=epsilon)
+    return (clean + delta).clamp(0, 1).detach()
+
+
+def attack_dataset(
+    model: SmoothedImageClassifier,
+    dataset: Any,
+    *,
+    output_dir: str | os.PathLike,
+    radii: Sequence[float] = ATTACK_RADII,
+    num_noise: int = 8,
+    steps: int = 20,
+    step_size: float | None = None,
+    n: int = 1000,
+    alpha: float = 0.001,
+    batch_size: int = 256,
+    seed: int = 0,
+    max_examples: int | None = None,
+    skip: int = 1,
+    certified: str | os.PathLike | Sequence[dict] | None = None,
+) -> dict:
+    """Empirical robust accuracy of the smoothed classifier at each radius, beside its certified accuracy.
+
+    For every selected example (every ``skip``-th, at most ``max_examples``, as ``pipeline.certify`` picks
+    them) and every epsilon in ``radii``: SmoothAdv (``smooth_adv``) at epsilon, then PREDICT (n, alpha)
+    on the attacked image. Example idx uses the image seed ``derive_seed(seed, idx)``, so at epsilon 0 the
+    answer is that of ``certify(..., mode="predict")`` with the same seed.
+
+    Writes into ``output_dir``, atomically: ``attack.tsv`` (columns idx, label, epsilon, distance = the
+    attack's l2 norm, predict, correct, time in seconds), ``summary.json`` and ``robustness.png`` (empirical
+    and certified accuracy against radius).
+
+    Args:
+        model: the smoothed classifier (its sigma is the noise level).
+        dataset: indexable; item i is a dict with "pixel_values" [C, H, W] in [0, 1] and "labels" or "label".
+        radii: attack radii epsilon (l2, [0, 1] pixels), each >= 0.
+        num_noise, steps, step_size: as in ``smooth_adv``.
+        n, alpha, batch_size: PREDICT's, as in ``Smoother.predict``; batch_size also bounds the attack's
+            forward passes.
+        certified: the certification rows of the same examples (a ``certify.tsv`` path or rows with Cohen's
+            columns), e.g. from ``pipeline.certify`` with the same ``skip``; the summary then holds their
+            certified accuracy at each radius, the gap (empirical - certified) and certificate violations
+            (examples certified correct at a radius > epsilon whose attacked image PREDICT gives another class).
+
+    Returns:
+        The summary written to ``summary.json``: per radius (keys ``f"{r:g}"``) ``empirical_accuracy`` and
+        ``abstain_rate``, with ``certified`` also ``certified_accuracy``, ``gap`` and ``certificate_violations``.
+    """
+    if not isinstance(model, SmoothedImageClassifier):
+        raise TypeError(f"`model` must be a SmoothedImageClassifier, got {type(model).__name__}")
+    allowed_radii = "a non-empty sequence of floats >= 0 (l2, [0, 1] pixels)"
+    if isinstance(radii, (str, numbers.Number)) or not radii:
+        raise ValueError(f"`radii` must be {allowed_radii}, got {radii!r}")
+    radii = sorted({_check_number(r, "radii", allowed_radii, minimum=0.0) for r in radii})
+    skip = _check_count(skip, "skip")
+    num_noise = _check_count(num_noise, "num_noise")
+    batch_size = _check_count(batch_size, "batch_size")
+    if max_examples is not None:
+        max_examples = _check_count(max_examples, "max_examples")
+    selected = list(range(0, len(dataset), skip))[:max_examples]
+    certified_rows = _certified_rows(certified, selected)
+    smoother = model.smoother()  # over the merged model: the attack's gradients are those of the same function
+    device = next(smoother.base_classifier.parameters()).device
+    settings = {
+        "sigma": model.sigma, "radii": radii, "num_noise": num_noise, "steps": steps, "step_size": step_size, "n": n,
+        "alpha": alpha, "seed": seed, "skip": skip, "max_examples": max_examples, "num_dataset_examples": len(dataset),
+        "model": {"base_model_name_or_path": model.config.base_model_name_or_path, "method": model.config.peft_method},
+    }
+
+    rows = []
+    group = max(1, batch_size // num_noise)
+    for start in tqdm(range(0, len(selected), group), desc="attack", unit="batch"):
+        indices = selected[start : start + group]
+        pixels, labels = _load(dataset, indices, model.num_labels)
+        pixels = pixels.to(device)
+        if certified_rows is not None:
+            _check_same_labels(certified_rows, indices, labels)
+        seeds = [derive_seed(seed, idx) for idx in indices]
+        for epsilon in radii:
+            tic = time.perf_counter()
+            attacked = smooth_adv(smoother.base_classifier, pixels, labels, epsilon, sigma=model.sigma, num_noise=num_noise,
+                                  steps=steps, step_size=step_size, batch_size=batch_size, seed=seeds)
+            predictions = smoother.predict(attacked, n=n, alpha=alpha, batch_size=batch_size, seed=seeds)
+            seconds = (time.perf_counter() - tic) / len(indices)
+            distances = (attacked - pixels).flatten(1).norm(dim=1).tolist()
+            rows.extend(
+                {"idx": i, "label": y, "epsilon": epsilon, "distance": d, "predict": p, "correct": int(p == y), "time": seconds}
+                for i, y, d, p in zip(indices, labels, distances, predictions)
+            )
+    rows.sort(key=lambda row: (row["idx"], row["epsilon"]))
+
+    summary = summarize_attack(rows, certified_rows)
+    summary["settings"] = settings
+    os.makedirs(output_dir, exist_ok=True)
+    _write_rows(rows, os.path.join(output_dir, ATTACK_TSV))
+    write_json(summary, os.path.join(output_dir, "summary.json"))
+    plot_robustness(summary, os.path.join(output_dir, ROBUSTNESS_PLOT))
+    return summary
+
+
+def summarize_attack(rows: Sequence[dict], certified_rows: Sequence[dict] | None = None) -> dict:
+    """Per attack radius epsilon (keys ``f"{r:g}"``): the fraction of ``rows`` (attack.tsv rows) still
+    classified correctly (``empirical_accuracy``) and abstained on (``abstain_rate``); with the
+    certification rows of the same examples, also their ``certified_accuracy`` (correct with radius >=
+    epsilon), ``gap`` = empirical - certified, and ``certificate_violations``: examples certified correct with
+    a radius > epsilon whose attacked image PREDICT assigned to another class (each has probability at most
+    about alpha of happening when both the certificate and the attack are right)."""
+    radii = sorted({row["epsilon"] for row in rows})
+    by_radius = {r: [row for row in rows if row["epsilon"] == r] for r in radii}
+    summary: dict[str, Any] = {
+        "num_examples": len(by_radius[radii[0]]),
+        "radii": radii,
+        "empirical_accuracy": {f"{r:g}": float(np.mean([row["correct"] for row in by_radius[r]])) for r in radii},
+        "abstain_rate": {f"{r:g}": float(np.mean([row["predict"] == ABSTAIN for row in by_radius[r]])) for r in radii},
+    }
+    if certified_rows is not None:
+        certificates = {row["idx"]: row for row in certified_rows}
+        summary["certified_accuracy"] = summarize(list(certificates.values()), radii)["certified_accuracy"]
+        summary["gap"] = {k: summary["empirical_accuracy"][k] - summary["certified_accuracy"][k] for k in summary["empirical_accuracy"]}
+        summary["certificate_violations"] = {
+            f"{r:g}": sum(
+                1 for row in by_radius[r]
+                if certificates[row["idx"]]["correct"] and certificates[row["idx"]]["radius"] > r
+                and row["predict"] not in (row["label"], ABSTAIN)
+            )
+            for r in radii
+        }
+    return summary
+
+
+def robustness_markdown(summary: dict) -> str:
+    """A Markdown table of ``summarize_attack``'s figures: per radius, empirical robust accuracy (%), and
+    where known the certified accuracy (%) of the same examples and the gap (percentage points)."""
+    certified = "certified_accuracy" in summary
+    header = "| radius | empirical (SmoothAdv + PREDICT) | abstain |" + (" certified | gap |" if certified else "")
+    lines = [header, "|---|---|---|" + ("---|---|" if certified else "")]
+    for r in summary["radii"]:
+        key = f"{r:g}"
+        line = f"| {key} | {100 * summary['empirical_accuracy'][key]:.1f}% | {100 * summary['abstain_rate'][key]:.1f}% |"
+        if certified:
+            line += f" {100 * summary['certified_accuracy'][key]:.1f}% | {100 * summary['gap'][key]:+.1f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot_robustness(summary: dict, path: str | os.PathLike, *, title: str | None = None) -> None:
+    """Plot empirical robust accuracy (and, where the summary has it, certified accuracy) against the l2
+    radius ([0, 1] pixels) from a ``summarize_attack`` summary, into one figure written atomically to
+    ``path`` (.png, .pdf, .svg)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
+
+    radii = summary["radii"]
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
+    axes.plot(radii, [summary["empirical_accuracy"][f"{r:g}"] for r in radii], "o-", label="empirical (SmoothAdv + PREDICT)")
+    if "certified_accuracy" in summary:
+        axes.plot(radii, [summary["certified_accuracy"][f"{r:g}"] for r in radii], "s--", label="certified (CERTIFY)")
+    axes.set(xlim=(0, max(radii) or 1.0), ylim=(0, 1.02), xlabel="l2 radius (pixels in [0, 1])", ylabel="accuracy")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    if title is not None:
+        axes.set_title(title)
+    extension = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format=extension, dpi=150)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _check_white_box(model: object) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"`model` must be a torch.nn.Module whose output is differentiable with respect to its input pixels "
+            f"(SmoothAdv is a white-box attack), got {type(model).__name__}; a black-box model that only answers "
+            "queries cannot be attacked with gradients"
+        )
+
+
+def _check_count(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be a positive int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"`{name}` must be a positive int (>= 1), got {value}")
+    return int(value)
+
+
+def _check_number(value: float, name: str, allowed: str, *, minimum: float, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be {allowed}, got {type(value).__name__}")
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        raise ValueError(f"`{name}` must be {allowed}, got {value}")
+    return float(value)
+
+
+def _check_images(images: torch.Tensor) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise TypeError(f"`images` must be a float torch.Tensor of pixels in [0, 1], got {type(images).__name__}")
+    if images.dim() != 4 or len(images) == 0:
+        raise ValueError(f"`images` must be a non-empty batch [B, C, H, W], got shape {tuple(images.shape)}")
+    if torch.isnan(images).any() or images.min() < -PIXEL_TOLERANCE or images.max() > 1 + PIXEL_TOLERANCE:
+        raise ValueError("`images` must hold un-normalized pixels in [0, 1] (the model normalizes)")
+    return images.detach().float().clamp(0, 1)
+
+
+def _image_seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    if isinstance(seed, Sequence) and not isinstance(seed, str):
+        seeds = [check_seed(s, "seed") for s in seed]
+        if len(seeds) != count:
+            raise ValueError(f"`seed` must be an int or one int per image ({count}), got {len(seeds)} seeds")
+        return seeds
+    seed = check_seed(seed, "seed")
+    return [derive_seed(seed, i) for i in range(count)]
+
+
+def _logits(output: Any, batch: int) -> torch.Tensor:
+    logits = getattr(output, "logits", output)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != batch:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"`model` must return logits of shape [batch, num_classes] (batch {batch}), got {got}")
+    return logits
+
+
+def _load(dataset: Any, indices: list[int], num_labels: int) -> tuple[torch.Tensor, list[int]]:
+    items = [dataset[i] for i in indices]
+    if any("labels" not in item and "label" not in item for item in items):
+        raise ValueError("the attack needs labelled examples: dataset items must have a 'labels' or 'label' entry")
+    labels = [int(item["labels"] if "labels" in item else item["label"]) for item in items]
+    outside = [label for label in labels if not 0 <= label < num_labels]
+    if outside:
+        raise ValueError(f"labels {outside} are outside the model's label range [0, {num_labels})")
+    return torch.stack([item["pixel_values"] for item in items]), labels
+
+
+def _certified_rows(certified: str | os.PathLike | Sequence[dict] | None, selected: list[int]) -> list[dict] | None:
+    """The certification rows of the ``selected`` examples, in their order; every one must be there."""
+    if certified is None:
+        return None
+    rows = read_tsv(certified) if isinstance(certified, (str, os.PathLike)) else list(certified)
+    by_index = {row["idx"]: row for row in rows}
+    missing = [idx for idx in selected if idx not in by_index]
+    if missing:
+        raise ValueError(
+            f"`certified` has no row for example indices {missing[:10]} ({len(missing)} of {len(selected)} attacked); "
+            "certify the same examples (the same split, `skip` and `max_examples`, or a superset)"
+        )
+    return [by_index[idx] for idx in selected]
+
+
+def _check_same_labels(certified_rows: list[dict], indices: list[int], labels: list[int]) -> None:
+    certified_labels = {row["idx"]: row["label"] for row in certified_rows}
+    differing = [idx for idx, label in zip(indices, labels) if certified_labels[idx] != label]
+    if differing:
+        raise ValueError(
+            f"`certified` gives other labels than the dataset for example indices {differing[:10]}: it certified "
+            "another dataset or split"
+        )
+
+
+def _write_rows(rows: list[dict], path: str) -> None:
+    lines = ["\t".join(ATTACK_COLUMNS)]
+    for row in rows:
+        lines.append("\t".join([
+            str(row["idx"]), str(row["label"]), repr(float(row["epsilon"])), repr(float(row["distance"])),
+            str(row["predict"]), str(row["correct"]), f"{row['time']:.4f}",
+        ]))
+    write_text("\n".join(lines) + "\n", path)
