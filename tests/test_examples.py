@@ -70,3 +70,24 @@ def test_a_dataset_whose_labels_do_not_fit_the_head_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="num_labels=5"):
         run_example("train.py", "--model_name_or_path", tmp_path / "base", "--dataset_name", "embedded:digits",
                     "--output_dir", tmp_path / "out", "--max_steps", 1, *QUIET)
+
+
+def test_train_blackbox_then_certify(tiny_vit_gray_dir, tmp_path):
+    output = tmp_path / "blackbox"
+    run_example("train_blackbox.py", "--target_model_name_or_path", tiny_vit_gray_dir, "--dataset_name", "embedded:digits",
+                "--sigma", 0.25, "--output_dir", output, "--steps", 2, "--batch_size", 8, "--num_directions", 2,
+                "--autoencoder_steps", 3, "--eval_batch_size", 120, "--disable_tqdm", "true")
+    results = json.loads((output / "train_results.json").read_text())
+    assert results["queries"] == 2 * 2 * 2 * 8 and results["evaluation_queries"] == 2 * 360
+    assert 0 < results["trainable_parameters"] < results["coordinator_parameters"]
+    assert 0 <= results["noisy_accuracy_before"] <= 1 and 0 <= results["noisy_accuracy_after"] <= 1
+    model = SmoothedImageClassifier.from_pretrained(output)  # encoder pretrained here, without labels
+    assert model.config.input_module["type"] == "coordinator" and model.sigma == 0.25
+    assert model.config.base_model_name_or_path == tiny_vit_gray_dir
+    assert model.config.training["queries"] == 64 and model.config.training["dataset"] == "embedded:digits"
+    assert model.input_module.options["encoder_name_or_path"] == str(output / "encoder")
+
+    run_example("certify.py", "--model_name_or_path", output, "--dataset_name", "embedded:digits", "--n0", 10,
+                "--n", 50, "--alpha", 0.01, "--batch_size", 64, "--max_examples", 3, "--output_dir", output / "certify")
+    summary = json.loads((output / "certify" / "summary.json").read_text())
+    assert summary["num_examples"] == 3
