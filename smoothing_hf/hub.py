@@ -188,7 +188,10 @@ def certification_record(
             "certificates hold only at the sigma they were computed for"
         )
     model = settings.get("model") or {}
-    recorded = {"base_model_name_or_path": config.base_model_name_or_path, "method": config.peft_method}
+    recorded = {
+        "base_model_name_or_path": config.base_model_name_or_path, "method": config.peft_method,
+        "input_module": (config.input_module or {}).get("type"),
+    }
     differing = [key for key, value in recorded.items() if key in model and model[key] != value]
     if differing:
         raise ValueError(

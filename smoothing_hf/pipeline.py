@@ -111,7 +111,8 @@ def certify(
         "tolerance": tolerance if mode == "adaptive" else None, "growth": growth if sequential else None,
         "seed": seed, "skip": skip, "max_examples": max_examples, "num_shards": num_shards, "shard_index": shard_index,
         "model": {"base_model_name_or_path": model.config.base_model_name_or_path,
-                  "base_model_revision": model.config.base_model_revision, "method": model.config.peft_method},
+                  "base_model_revision": model.config.base_model_revision, "method": model.config.peft_method,
+                  "input_module": (model.config.input_module or {}).get("type")},
         "num_dataset_examples": len(dataset),
     }
     selected = list(range(0, len(dataset), skip))[:max_examples][shard_index::num_shards]
