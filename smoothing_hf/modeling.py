@@ -76,6 +76,12 @@ class SmoothedImageClassifier(torch.nn.Module):
                 f"`config.image_mean`/`image_std` must have one value per input channel ({num_channels}), got "
                 f"{len(config.image_mean)}"
             )
+        module_sigma = getattr(input_module, "sigma", None)  # a denoiser made for one noise level
+        if module_sigma is not None and float(module_sigma) != config.sigma:
+            raise ValueError(
+                f"the {input_module.module_type} input module denoises sigma={module_sigma}, but the model's sigma is "
+                f"{config.sigma}: build the module for the model's sigma"
+            )
         self.model = model
         self.config = config
         self.image_processor = image_processor

@@ -1,0 +1,90 @@
+"""examples/compare.py and smoothing_hf.comparison on a tiny base and the embedded digits: every kind of method
+trained a step, certified on the same images, in one table (mean ± std over seeds, best marked) and one plot."""
+
+import json
+import os
+import runpy
+import sys
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from smoothing_hf import SmoothedImageClassifier
+from smoothing_hf.baselines import ddpm_unet_config
+from smoothing_hf.comparison import comparison_table
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_example(script: str, *args) -> None:
+    argv = sys.argv
+    sys.argv = [script, *map(str, args)]
+    try:
+        runpy.run_path(os.path.join(EXAMPLES, script), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def test_compare_trains_certifies_and_tabulates_every_kind_of_method(tiny_vit_gray_dir, tmp_path):
+    torch.manual_seed(0)
+    DDPMPipeline(unet=UNet2DModel(**ddpm_unet_config(28, 1, 8)), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    output = tmp_path / "compare"
+    shared = ["--base", tiny_vit_gray_dir, "--dataset_name", "embedded:digits", "--sigma", 0.25, "--output_dir", output,
+              "--seeds", "0,1", "--seeded_methods", "lora", "--epochs", 0.05, "--batch_size", 16, "--eval_batch_size", 128,
+              "--n0", 10, "--n", 40, "--alpha", 0.05, "--skip", 30, "--max_examples", 3, "--certify_batch_size", 64]
+    run_example("compare.py", *shared, "--methods", "base,linear,lora,consistency,dncnn-stability",
+                "--diffusion_model", tmp_path / "ddpm", "--dncnn_options", '{"depth": 3, "width": 4}')
+    names = ["base", "linear", "lora-seed0", "lora-seed1", "consistency", "dncnn-stability", "diffusion"]
+    assert sorted(os.listdir(output)) == sorted(names + ["certified_accuracy.png", "comparison.json", "comparison.md", "comparison.tex"])
+    results = {name: json.loads((output / name / "train_results.json").read_text()) for name in names}
+    assert results["base"]["trainable_parameters"] == 0 == results["diffusion"]["trainable_parameters"]
+    assert results["base"]["training_seconds"] == 0 and results["lora-seed1"]["seed"] == 1
+    assert 0 < results["lora-seed0"]["trainable_parameters"] < results["lora-seed0"]["total_parameters"]
+    loaded = SmoothedImageClassifier.from_pretrained(output / "dncnn-stability")
+    assert loaded.config.training["objective"] == "stability"
+    assert SmoothedImageClassifier.from_pretrained(output / "consistency").config.training["steps"] >= 1
+
+    comparison = json.loads((output / "comparison.json").read_text())
+    rows = {row["name"]: row for row in comparison["rows"]}
+    assert list(rows) == ["base", "linear", "lora", "consistency", "dncnn-stability", "diffusion"]
+    assert rows["lora"]["seeds"] == 2 and rows["lora"]["acr_std"] is not None and rows["base"]["acr_std"] is None
+    assert all(row["num_examples"] == 3 and row["samples_per_second"] > 0 for row in rows.values())
+    markdown = (output / "comparison.md").read_text()
+    assert "| lora (2 seeds) |" in markdown and " ± " in markdown and "samples/s" in markdown
+    assert "\\toprule" in (output / "comparison.tex").read_text()
+    assert comparison["settings"]["sigma"] == 0.25 and comparison["settings"]["seeds"] == [0, 1]
+
+    # Rerunning reuses the runs (nothing is trained again) and certifies a run trained elsewhere beside them.
+    before = (output / "lora-seed0" / "train_results.json").stat().st_mtime_ns
+    run_example("compare.py", *shared, "--methods", "lora", "--pretrained", f"elsewhere={output / 'dncnn-stability'}")
+    assert (output / "lora-seed0" / "train_results.json").stat().st_mtime_ns == before
+    again = {row["name"]: row for row in json.loads((output / "comparison.json").read_text())["rows"]}
+    assert list(again) == ["lora", "elsewhere"] and again["lora"] == rows["lora"]
+    for key in ("certified_accuracy", "acr", "trainable_parameters"):  # the same model, images and noise seed
+        assert again["elsewhere"][key] == rows["dncnn-stability"][key], key
+
+
+def test_the_table_marks_the_best_mean_and_shows_the_spread():
+    rows = [
+        {"name": "a", "seeds": 3, "num_examples": 10, "certified_accuracy": {"0": 0.9, "0.5": 0.5},
+         "certified_accuracy_std": {"0": 0.01, "0.5": 0.02}, "acr": 0.4, "acr_std": 0.01, "trainable_parameters": 100,
+         "training_seconds": 12.3, "samples_per_second": 1000.0},
+        {"name": "b_1", "seeds": 1, "num_examples": 10, "certified_accuracy": {"0": 0.8, "0.5": 0.6},
+         "certified_accuracy_std": {"0": None, "0.5": None}, "acr": 0.45, "acr_std": None, "trainable_parameters": None,
+         "training_seconds": 0.0, "samples_per_second": 50.0},
+    ]
+    markdown = comparison_table(rows, radii=(0.0, 0.5)).splitlines()
+    assert markdown[0] == "| method | trainable | train s | samples/s | r = 0 | r = 0.5 | ACR |"
+    assert markdown[2] == "| a (3 seeds) | 100 | 12 | 1000 | 90.0 ± 1.0* | 50.0 ± 2.0 | 0.400 ± 0.010 |"
+    assert markdown[3] == "| b_1 | — | 0 | 50 | 80.0 | 60.0* | 0.450* |"
+    latex = comparison_table(rows, radii=(0.0, 0.5), latex=True)
+    assert r"\textbf{90.0 $\pm$ 1.0}" in latex and r"b\_1 & --- & 0 & 50 & 80.0 & \textbf{60.0} & \textbf{0.450}" in latex
