@@ -221,3 +221,28 @@ def test_certificates_must_cover_the_attacked_examples(vit):
         attack_dataset(vit, dataset, output_dir="unused", skip=2, certified=rows)
     with pytest.raises(ValueError, match="other labels than the dataset"):
         attack_dataset(vit, dataset, output_dir="unused", max_examples=1, certified=[{**rows[0], "label": 4}], radii=[0.0], n=10)
+
+
+def test_attack_goes_through_a_denoiser_composite():
+    """SmoothAdv differentiates through the input module: the denoiser -> base composite is attacked like
+    any white-box model, and its soft smoothed probability of the true class goes down."""
+    from smoothing_hf.baselines import DnCNN
+
+    torch.manual_seed(0)
+    denoiser = DnCNN(num_channels=1, depth=3, width=8)
+    for parameter in denoiser.parameters():  # not the identity it starts as, so gradients pass through its layers
+        torch.nn.init.normal_(parameter, std=0.05)
+    base = tiny_vit(num_channels=1)
+    config = SmoothingConfig(sigma=0.25, image_mean=[0.5], image_std=[0.5])
+    composite = SmoothedImageClassifier(base, config, input_module=denoiser).eval()
+    images = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    labels = composite(images).logits.argmax(dim=1)
+    attacked = smooth_adv(composite, images, labels, 1.0, steps=5, num_noise=4, seed=2)
+    assert (attacked - images).flatten(1).norm(dim=1).max() <= 1.0 + 1e-6 and not torch.equal(attacked, images)
+
+    def soft_probability(pixels):
+        noise = 0.25 * torch.randn((64, *pixels.shape[1:]), generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            return torch.stack([composite(x + noise).logits.softmax(dim=1)[:, y].mean() for x, y in zip(pixels, labels)])
+
+    assert (soft_probability(attacked) < soft_probability(images)).all()
