@@ -20,10 +20,17 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.stats import beta, binomtest, norm
+from scipy.stats import binomtest
 
-from .noise import NOISE_CHUNK_SIZE, Phase, check_seed, chunk_sizes, derive_seed, noise_chunk
-from .sequential import clopper_pearson_bounds, projected_radius, radius_from_bound, radius_threshold, sample_schedule
+from .noise import Phase, check_seed, chunk_sizes, derive_seed, noise_chunk
+from .sequential import (
+    clopper_pearson_bounds,
+    clopper_pearson_lower,
+    projected_radius,
+    radius_from_bound,
+    radius_threshold,
+    sample_schedule,
+)
 
 ABSTAIN = -1
 """The class index returned when the smoothed classifier abstains (its radius is 0.0)."""
@@ -67,19 +74,6 @@ class RadiusDecision(NamedTuple):
     """Whether p_A >= Phi(radius / sigma) was established: robust at the radius asked about."""
     samples: int
     """Noisy forward passes spent on this image, the n0 selection draws included."""
-
-
-def clopper_pearson_lower(successes: np.ndarray, trials: int | np.ndarray, alpha: float) -> np.ndarray:
-    """One-sided (1 - alpha) Clopper-Pearson lower confidence bound of a binomial proportion.
-
-    Equals ``statsmodels``' ``proportion_confint(k, n, alpha=2 * alpha, method="beta")[0]`` that Cohen uses;
-    0.0 where there are no successes.
-    """
-    successes = np.asarray(successes, dtype=np.float64)
-    trials = np.broadcast_to(np.asarray(trials, dtype=np.float64), successes.shape)
-    with np.errstate(invalid="ignore"):
-        bound = beta.ppf(alpha, successes, trials - successes + 1)
-    return np.where(successes > 0, bound, 0.0)
 
 
 def _check_positive_int(value: int, name: str) -> int:
@@ -374,7 +368,7 @@ class Smoother:
         active = np.arange(len(images))
         drawn_chunks = 0
         for k, trials in enumerate(schedule):
-            chunk_end = -(-trials // NOISE_CHUNK_SIZE)
+            chunk_end = len(chunk_sizes(trials))
             round_counts = self.sample_counts(
                 images[active], [seeds[i] for i in active], Phase.ESTIMATION, schedule[-1], batch_size,
                 chunks=range(drawn_chunks, chunk_end),
@@ -552,7 +546,7 @@ def certificates_from_counts(
     count_a = estimation_counts[rows, top]
     pa_lower = clopper_pearson_lower(count_a, n, alpha)
     certified = pa_lower >= 0.5
-    radii = np.where(certified, sigma * norm.ppf(np.maximum(pa_lower, 0.5)), 0.0)
+    radii = radius_from_bound(pa_lower, sigma)
     return [
         Certificate(
             prediction=int(top[i]) if certified[i] else ABSTAIN,

@@ -49,16 +49,27 @@ def sample_schedule(max_n: int, first: int = NOISE_CHUNK_SIZE, growth: float = 4
     return [*schedule, max_n]
 
 
+def clopper_pearson_lower(successes: np.ndarray, trials: int | np.ndarray, alpha: float) -> np.ndarray:
+    """One-sided (1 - alpha) Clopper-Pearson lower confidence bound of a binomial proportion.
+
+    Equals ``statsmodels``' ``proportion_confint(k, n, alpha=2 * alpha, method="beta")[0]`` that Cohen uses;
+    0.0 where there are no successes. Real-valued successes are allowed (the beta quantile interpolates).
+    """
+    successes = np.asarray(successes, dtype=np.float64)
+    trials = np.broadcast_to(np.asarray(trials, dtype=np.float64), successes.shape)
+    with np.errstate(invalid="ignore"):
+        bound = beta.ppf(alpha, successes, trials - successes + 1)
+    return np.where(successes > 0, bound, 0.0)
+
+
 def clopper_pearson_bounds(successes: np.ndarray, trials: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """One-sided (1 - alpha) Clopper-Pearson lower and upper bounds of a binomial proportion, each at level
-    alpha (for ``successes`` of ``trials``, arrays of the same shape; real-valued successes are allowed,
-    the beta quantiles interpolate)."""
-    successes = np.asarray(successes, dtype=float)
-    trials = np.asarray(trials, dtype=float)
+    alpha (for ``successes`` of ``trials``, arrays of the same shape)."""
+    successes = np.asarray(successes, dtype=np.float64)
+    trials = np.asarray(trials, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        lower = np.where(successes > 0, beta.ppf(alpha, np.maximum(successes, 1e-12), trials - successes + 1), 0.0)
-        upper = np.where(successes < trials, beta.ppf(1 - alpha, successes + 1, np.maximum(trials - successes, 1e-12)), 1.0)
-    return lower, upper
+        upper = np.where(successes < trials, beta.ppf(1 - alpha, successes + 1, trials - successes), 1.0)
+    return clopper_pearson_lower(successes, trials, alpha), upper
 
 
 def radius_threshold(radius: float, sigma: float) -> float:
