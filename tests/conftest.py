@@ -30,6 +30,15 @@ class LinearBoundary(torch.nn.Module):
 
 
 @pytest.fixture
+def one_thread():
+    """Run the test on one thread: tiny models run as fast on one, and much faster on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def linear_boundary() -> LinearBoundary:
     return LinearBoundary()
 

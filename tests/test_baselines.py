@@ -31,13 +31,7 @@ from smoothing_hf.data import load_image_dataset
 CERTIFY = dict(n0=16, n=64, alpha=0.01, batch_size=32, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run as fast on one thread, and much faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brightness_dataset(n: int = 32, channels: int = 3, seed: int = 0) -> Dataset:

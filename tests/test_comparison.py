@@ -3,35 +3,17 @@ trained a step, certified on the same images, in one table (mean ± std over see
 
 import json
 import os
-import runpy
-import sys
 
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from test_examples import run_example
 
 from smoothing_hf import SmoothedImageClassifier
 from smoothing_hf.baselines import ddpm_unet_config
 from smoothing_hf.comparison import comparison_table
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_example(script: str, *args) -> None:
-    argv = sys.argv
-    sys.argv = [script, *map(str, args)]
-    try:
-        runpy.run_path(os.path.join(EXAMPLES, script), run_name="__main__")
-    finally:
-        sys.argv = argv
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compare_trains_certifies_and_tabulates_every_kind_of_method(tiny_vit_gray_dir, tmp_path):

@@ -13,13 +13,7 @@ from smoothing_hf import NoiseCollator, SmoothedImageClassifier, SmoothingTraine
 from smoothing_hf.trainer import consistency_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run as fast on one thread, and much faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brightness_dataset(n: int = 32, seed: int = 0) -> Dataset:
