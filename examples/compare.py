@@ -4,8 +4,8 @@
         --diffusion_model runs/baselines/ddpm-mnist --seeds 0,1,2 --output_dir runs/compare/vit-0.25
 
 Trains each of ``--methods`` (default: the unadapted base, full fine-tuning, linear, LoRA, DoRA, adapter, VPT,
-consistency regularization, DnCNN with the MSE and the stability objective, and, given ``--diffusion_model``,
-diffusion denoised smoothing) with the same epochs, batch size and noise, ``--seeded_methods`` once per seed;
+consistency regularization, DnCNN with the MSE and the stability objective, given ``--surrogate_model`` DnCNN
+with the stability objective through that surrogate, and given ``--diffusion_model`` diffusion denoised smoothing) with the same epochs, batch size and noise, ``--seeded_methods`` once per seed;
 certifies the same validation images with the same noise seed; adds ``--pretrained label=folder`` runs
 trained elsewhere (e.g. ``blackbox=runs/blackbox/coordinator-0.25`` from ``examples/train_blackbox.py``). Writes
 in ``--output_dir``: one folder per run (the saved model, ``train_results.json``, ``certify/``; a rerun reuses
@@ -30,7 +30,7 @@ class CompareArguments:
     output_dir: str = field(metadata={"help": "Where the runs and the comparison go."})
     dataset_name: str = field(default="embedded:mnist", metadata={"help": "Hub dataset id or embedded:mnist / embedded:digits."})
     methods: str = field(
-        default=",".join(m for m in COMPARISON_METHODS if m != "diffusion"),
+        default=",".join(m for m in COMPARISON_METHODS if m not in ("diffusion", "dncnn-surrogate")),
         metadata={"help": f"Comma-separated methods: {', '.join(COMPARISON_METHODS)} (or any METHODS name)."},
     )
     seeds: str = field(default="0", metadata={"help": "Comma-separated training seeds of the seeded methods."})
@@ -41,8 +41,9 @@ class CompareArguments:
 def main() -> None:
     args, settings = HfArgumentParser((CompareArguments, ComparisonSettings)).parse_args_into_dataclasses()
     methods = [m for m in args.methods.split(",") if m]
-    if settings.diffusion_model and "diffusion" not in methods:
-        methods.append("diffusion")
+    for option, method in ((settings.surrogate_model, "dncnn-surrogate"), (settings.diffusion_model, "diffusion")):
+        if option and method not in methods:
+            methods.append(method)
     pretrained = dict(item.split("=", 1) for item in args.pretrained.split(",") if item)
     markdown = run_comparison(
         args.base, load_image_dataset(args.dataset_name), settings, args.output_dir, methods=methods,

@@ -46,6 +46,7 @@ COMPARISON_METHODS = {
     "consistency": "LoRA with consistency regularization (Jeong and Shin, 2020; m = 2)",
     "dncnn-mse": "DnCNN denoiser, MSE objective (Salman et al., 2020)",
     "dncnn-stability": "DnCNN denoiser, stability objective (Salman et al., 2020)",
+    "dncnn-surrogate": "DnCNN denoiser, stability objective through a surrogate model (query access; Salman et al., 2020)",
     "diffusion": "one-shot DDPM denoising at t* (Carlini et al., 2023)",
 }
 """Methods ``run_comparison`` trains itself, with a description; any ``METHODS`` name is accepted too."""
@@ -67,6 +68,9 @@ class ComparisonSettings:
     consistency_weight: float = field(default=5.0, metadata={"help": "Weight of the consistency loss (m = 2 copies)."})
     dncnn_options: str = field(default='{"depth": 6, "width": 16}', metadata={"help": "DnCNN options (JSON)."})
     diffusion_model: str | None = field(default=None, metadata={"help": "DDPM pipeline (Hub id or folder) of 'diffusion'."})
+    surrogate_model: str | None = field(
+        default=None, metadata={"help": "Classifier (Hub id or folder) that stands in for the base in 'dncnn-surrogate'."}
+    )
     eval_batch_size: int = field(default=250, metadata={"help": "Images per evaluation batch (accuracy under noise)."})
     n0: int = field(default=100, metadata={"help": "Selection samples per image."})
     n: int = field(default=6000, metadata={"help": "Estimation samples per image."})
@@ -77,6 +81,20 @@ class ComparisonSettings:
     certify_seed: int = field(default=0, metadata={"help": "Noise seed of certification (the same for every run)."})
 
 
+METHOD_MODELS = {"dncnn-surrogate": "surrogate_model", "diffusion": "diffusion_model"}
+"""The methods that need a second model, and the ``ComparisonSettings`` field that names it."""
+
+
+def method_model(method: str, settings: ComparisonSettings) -> str:
+    """The second model ``method`` needs (``METHOD_MODELS``), or a ValueError naming the missing setting."""
+    name = getattr(settings, METHOD_MODELS[method])
+    if name is None:
+        field_name = METHOD_MODELS[method]
+        help_text = ComparisonSettings.__dataclass_fields__[field_name].metadata["help"]
+        raise ValueError(f"method {method!r} needs `{field_name}`: {help_text}")
+    return name
+
+
 def build_model(method: str, base: str, settings: ComparisonSettings) -> SmoothedImageClassifier:
     """The smoothed model of ``method`` on ``base`` at ``settings.sigma``, ready to train."""
     sigma = settings.sigma
@@ -84,14 +102,12 @@ def build_model(method: str, base: str, settings: ComparisonSettings) -> Smoothe
         return SmoothedImageClassifier.from_pretrained(base, sigma=sigma).requires_grad_(False)
     if method in METHODS or method == "consistency":
         return SmoothedImageClassifier.from_pretrained(base, sigma=sigma, method="lora" if method == "consistency" else method)
-    if method in ("dncnn-mse", "dncnn-stability"):
+    if method in ("dncnn-mse", "dncnn-stability", "dncnn-surrogate"):
         options = json.loads(settings.dncnn_options)
         denoiser = DnCNN(num_channels=AutoConfig.from_pretrained(base).num_channels, **options)
         return SmoothedImageClassifier.from_pretrained(base, sigma=sigma, input_module=denoiser)
     if method == "diffusion":
-        if settings.diffusion_model is None:
-            raise ValueError("method 'diffusion' needs `diffusion_model` (a DDPM pipeline: Hub id or examples/train_ddpm.py folder)")
-        denoiser = DiffusionDenoiser.from_pretrained(settings.diffusion_model, sigma=sigma)
+        denoiser = DiffusionDenoiser.from_pretrained(method_model(method, settings), sigma=sigma)
         return SmoothedImageClassifier.from_pretrained(base, sigma=sigma, input_module=denoiser)
     raise ValueError(f"unknown method {method!r}; allowed: {sorted(set(COMPARISON_METHODS) | set(METHODS))}")
 
@@ -133,15 +149,19 @@ def _train(method: str, base: str, dataset: Any, settings: ComparisonSettings, o
     check_labels(dataset, model.num_labels)
     transform = ImageClassificationTransform.for_model(model)
     data = {"train_dataset": dataset["train"].with_transform(transform), "eval_dataset": dataset["validation"].with_transform(transform)}
-    learning_rate = {"full": settings.full_learning_rate, "dncnn-mse": settings.denoiser_learning_rate,
-                     "dncnn-stability": settings.denoiser_learning_rate}.get(method, settings.learning_rate)
+    learning_rate = settings.full_learning_rate if method == "full" else (
+        settings.denoiser_learning_rate if method.startswith("dncnn-") else settings.learning_rate
+    )
     args = TrainingArguments(
         output_dir=os.path.join(output_dir, "trainer"), num_train_epochs=settings.epochs,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.eval_batch_size,
         learning_rate=learning_rate, warmup_steps=20, lr_scheduler_type="cosine", report_to=[], save_strategy="no",
         logging_strategy="no", disable_tqdm=True, seed=seed, dataloader_num_workers=0,
     )
-    if method.startswith("dncnn-"):
+    if method == "dncnn-surrogate":
+        surrogate = SmoothedImageClassifier.from_pretrained(method_model(method, settings), sigma=settings.sigma)
+        trainer = DenoiserTrainer(model, args, objective="stability", surrogate=surrogate, **data)
+    elif method.startswith("dncnn-"):
         trainer = DenoiserTrainer(model, args, objective=method.removeprefix("dncnn-"), **data)
     elif method == "consistency":
         trainer = SmoothingTrainer(model, args, num_noise_samples=2, consistency_weight=settings.consistency_weight, **data)
@@ -193,6 +213,8 @@ def run_comparison(
         raise ValueError(f"unknown methods {unknown}; allowed: {sorted(set(COMPARISON_METHODS) | set(METHODS))}")
     if not seeds:
         raise ValueError("`seeds` must hold at least one seed")
+    for method in set(methods) & set(METHOD_MODELS):
+        method_model(method, settings)  # before hours of training the others
     runs: dict[str, list[str]] = {}
     for method in methods:
         method_seeds = list(seeds) if method in seeded_methods else list(seeds)[:1]

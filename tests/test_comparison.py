@@ -6,26 +6,33 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_resnet
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from test_examples import run_example
+from transformers import ViTImageProcessorPil
 
 from smoothing_hf import SmoothedImageClassifier
 from smoothing_hf.baselines import ddpm_unet_config
-from smoothing_hf.comparison import comparison_table
+from smoothing_hf.comparison import ComparisonSettings, comparison_table, run_comparison
+from smoothing_hf.data import load_image_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compare_trains_certifies_and_tabulates_every_kind_of_method(tiny_vit_gray_dir, tmp_path):
     torch.manual_seed(0)
+    surrogate = str(tmp_path / "surrogate")  # another architecture stands in for the base (query access)
+    tiny_resnet().save_pretrained(surrogate)
+    ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(surrogate)
     DDPMPipeline(unet=UNet2DModel(**ddpm_unet_config(28, 1, 8)), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     output = tmp_path / "compare"
     shared = ["--base", tiny_vit_gray_dir, "--dataset_name", "embedded:digits", "--sigma", 0.25, "--output_dir", output,
               "--seeds", "0,1", "--seeded_methods", "lora", "--epochs", 0.05, "--batch_size", 16, "--eval_batch_size", 128,
               "--n0", 10, "--n", 40, "--alpha", 0.05, "--skip", 30, "--max_examples", 3, "--certify_batch_size", 64]
     run_example("compare.py", *shared, "--methods", "base,linear,lora,consistency,dncnn-stability",
-                "--diffusion_model", tmp_path / "ddpm", "--dncnn_options", '{"depth": 3, "width": 4}')
-    names = ["base", "linear", "lora-seed0", "lora-seed1", "consistency", "dncnn-stability", "diffusion"]
+                "--diffusion_model", tmp_path / "ddpm", "--surrogate_model", surrogate,
+                "--dncnn_options", '{"depth": 3, "width": 4}')
+    names = ["base", "linear", "lora-seed0", "lora-seed1", "consistency", "dncnn-stability", "dncnn-surrogate", "diffusion"]
     assert sorted(os.listdir(output)) == sorted(names + ["certified_accuracy.png", "comparison.json", "comparison.md", "comparison.tex"])
     results = {name: json.loads((output / name / "train_results.json").read_text()) for name in names}
     assert results["base"]["trainable_parameters"] == 0 == results["diffusion"]["trainable_parameters"]
@@ -33,11 +40,15 @@ def test_compare_trains_certifies_and_tabulates_every_kind_of_method(tiny_vit_gr
     assert 0 < results["lora-seed0"]["trainable_parameters"] < results["lora-seed0"]["total_parameters"]
     loaded = SmoothedImageClassifier.from_pretrained(output / "dncnn-stability")
     assert loaded.config.training["objective"] == "stability"
+    query_access = SmoothedImageClassifier.from_pretrained(output / "dncnn-surrogate")
+    assert query_access.config.training["objective"] == f"stability (surrogate: {surrogate})"
+    assert query_access.config.base_model_name_or_path == tiny_vit_gray_dir  # trained through the surrogate, certifies the base
+    assert results["dncnn-surrogate"]["trainable_parameters"] == results["dncnn-stability"]["trainable_parameters"]
     assert SmoothedImageClassifier.from_pretrained(output / "consistency").config.training["steps"] >= 1
 
     comparison = json.loads((output / "comparison.json").read_text())
     rows = {row["name"]: row for row in comparison["rows"]}
-    assert list(rows) == ["base", "linear", "lora", "consistency", "dncnn-stability", "diffusion"]
+    assert list(rows) == ["base", "linear", "lora", "consistency", "dncnn-stability", "dncnn-surrogate", "diffusion"]
     assert rows["lora"]["seeds"] == 2 and rows["lora"]["acr_std"] is not None and rows["base"]["acr_std"] is None
     assert all(row["num_examples"] == 3 and row["samples_per_second"] > 0 for row in rows.values())
     markdown = (output / "comparison.md").read_text()
@@ -53,6 +64,13 @@ def test_compare_trains_certifies_and_tabulates_every_kind_of_method(tiny_vit_gr
     assert list(again) == ["lora", "elsewhere"] and again["lora"] == rows["lora"]
     for key in ("certified_accuracy", "acr", "trainable_parameters"):  # the same model, images and noise seed
         assert again["elsewhere"][key] == rows["dncnn-stability"][key], key
+
+
+@pytest.mark.parametrize(("method", "missing"), [("dncnn-surrogate", "surrogate_model"), ("diffusion", "diffusion_model")])
+def test_a_method_without_its_model_is_refused_by_name(tiny_vit_gray_dir, tmp_path, method, missing):
+    with pytest.raises(ValueError, match=missing):
+        run_comparison(tiny_vit_gray_dir, load_image_dataset("embedded:digits"), ComparisonSettings(sigma=0.25), tmp_path,
+                       methods=[method])
 
 
 def test_the_table_marks_the_best_mean_and_shows_the_spread():
