@@ -452,3 +452,56 @@ def test_push_to_a_local_hub_then_load_by_repo_id_in_fresh_processes(tiny_vit_di
         assert result["config"]["sigma"] == 0.25 and result["config"]["peft_method"] == "lora"
     assert results["main"]["config"]["certification"] is None
     assert results["certified"]["config"]["certification"]["certified_accuracy"] == pushed["summary"]["certified_accuracy"]
+
+
+PUSH_COMPOSITE = """
+import json, os, sys
+import torch
+from huggingface_hub import CommitOperationAdd, HfApi
+from safetensors.torch import load_file, save_file
+from smoothing_hf import DnCNN, SmoothedImageClassifier
+
+request = json.loads(sys.argv[1])
+api = HfApi()
+api.create_repo("user/tiny-vit")
+base = request["base"]
+api.create_commit("user/tiny-vit", [CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(base, name))
+                                    for name in sorted(os.listdir(base))], commit_message="Add the base model")
+torch.manual_seed(0)
+model = SmoothedImageClassifier.from_pretrained("user/tiny-vit", sigma=0.25, input_module=DnCNN(num_channels=3, depth=2, width=4))
+with torch.no_grad():  # a denoiser that is not the identity it starts as
+    for parameter in model.input_module.parameters():
+        parameter.add_(0.1 * torch.randn_like(parameter))
+model.eval()
+pushed = model.push_to_hub("user/vit-dncnn-smoothing", commit_message="DnCNN denoiser before the frozen base")
+pixels = load_file(request["pixels"])["pixels"]
+with torch.no_grad():
+    save_file({"pushed": model(pixels).logits.contiguous()}, request["output"] + ".safetensors")
+print(json.dumps({"commit": pushed.oid, "certificates": [list(c) for c in model.certify(pixels, **request["certify"])]}))
+"""
+
+
+def test_a_denoiser_composite_pushes_and_loads_by_repo_id_with_identical_certificates(tiny_vit_dir, pixels, tmp_path):
+    save_file({"pixels": pixels}, tmp_path / "pixels.safetensors")
+    with FakeHub() as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "home"), HF_TOKEN=hub.token,
+                   HF_HUB_DISABLE_TELEMETRY="1", TRANSFORMERS_VERBOSITY="error")
+        request = {"base": tiny_vit_dir, "pixels": str(tmp_path / "pixels.safetensors"), "certify": CERTIFY,
+                   "output": str(tmp_path / "pushed")}
+        pushed = json.loads(run_python(PUSH_COMPOSITE, request, env).strip().splitlines()[-1])
+        files = hub.files("user/vit-dncnn-smoothing")
+        # The denoiser's weights and record, no adapter: the base model stays in its own repo.
+        assert set(files) == {".gitattributes", "README.md", "input_module.safetensors", "preprocessor_config.json",
+                              "smoothing_config.json"}
+        config = json.loads(files["smoothing_config.json"])
+        assert config["input_module"] == {"type": "dncnn", "options": {"num_channels": 3, "depth": 2, "width": 4}}
+        assert config["base_model_name_or_path"] == "user/tiny-vit"
+        logits, results = evaluate_in_fresh_process(
+            {"composite": ["user/vit-dncnn-smoothing", {"cache_dir": str(tmp_path / "cache")}]},
+            tmp_path / "pixels.safetensors", tmp_path / "reader", {**env, "HF_HOME": str(tmp_path / "reader-home")},
+        )
+        assert hub.unhandled == []
+    assert torch.equal(logits["composite"], load_file(tmp_path / "pushed.safetensors")["pushed"])
+    assert results["composite"]["certificates"] == pushed["certificates"]
+    assert results["composite"]["config"]["input_module"]["type"] == "dncnn"
