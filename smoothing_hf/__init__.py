@@ -1,79 +1,45 @@
 """smoothing_hf: certified l2 robustness for Hugging Face image classifiers by randomized smoothing,
 with the base model adapted to Gaussian noise by parameter-efficient fine-tuning (PEFTSmoothing)."""
 
-from .attacks import attack_dataset, smooth_adv
-from .baselines import DenoiserTrainer, DiffusionDenoiser, DnCNN
-from .blackbox import (
-    BlackBoxClassifier,
-    Coordinator,
-    QueryBudgetExceeded,
-    train_coordinator,
-)
-from .config import SMOOTHING_CONFIG_NAME, SmoothingConfig
-from .core import (
-    ABSTAIN,
-    Certificate,
-    RadiusDecision,
-    Smoother,
-    certificates_from_counts,
-    clopper_pearson_lower,
-)
-from .data import (
-    EMBEDDED_DATASETS,
-    ImageClassificationTransform,
-    check_labels,
-    class_names,
-    load_image_dataset,
-    num_classes,
-    prepare_columns,
-)
-from .input_modules import InputModule
-from .methods import METHODS, apply_method, trainable_parameters
-from .modeling import SmoothedImageClassifier
-from .noise import NOISE_CHUNK_SIZE, NoiseCollator, Phase, derive_seed
-from .pipeline import certify
-from .spsa import SPSAGC
-from .trainer import SmoothingTrainer
-from .transforms import PixelTransform
+# The public names load on first use (PEP 562 module __getattr__), so that ``python -m smoothing_hf.report`` and
+# other light entry points do not pay for importing torch, transformers, peft and diffusers.
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ABSTAIN",
-    "EMBEDDED_DATASETS",
-    "METHODS",
-    "NOISE_CHUNK_SIZE",
-    "SMOOTHING_CONFIG_NAME",
-    "SPSAGC",
-    "BlackBoxClassifier",
-    "Certificate",
-    "Coordinator",
-    "DenoiserTrainer",
-    "DiffusionDenoiser",
-    "DnCNN",
-    "ImageClassificationTransform",
-    "InputModule",
-    "NoiseCollator",
-    "Phase",
-    "PixelTransform",
-    "QueryBudgetExceeded",
-    "RadiusDecision",
-    "SmoothedImageClassifier",
-    "Smoother",
-    "SmoothingConfig",
-    "SmoothingTrainer",
-    "apply_method",
-    "attack_dataset",
-    "certificates_from_counts",
-    "certify",
-    "check_labels",
-    "class_names",
-    "clopper_pearson_lower",
-    "derive_seed",
-    "load_image_dataset",
-    "num_classes",
-    "prepare_columns",
-    "smooth_adv",
-    "train_coordinator",
-    "trainable_parameters",
-]
+_EXPORTS = {
+    "attacks": ("attack_dataset", "smooth_adv"),
+    "baselines": ("DenoiserTrainer", "DiffusionDenoiser", "DnCNN"),
+    "blackbox": ("BlackBoxClassifier", "Coordinator", "QueryBudgetExceeded", "train_coordinator"),
+    "config": ("SMOOTHING_CONFIG_NAME", "SmoothingConfig"),
+    "core": ("ABSTAIN", "Certificate", "RadiusDecision", "Smoother", "certificates_from_counts", "clopper_pearson_lower"),
+    "data": ("EMBEDDED_DATASETS", "ImageClassificationTransform", "check_labels", "class_names", "load_image_dataset",
+             "num_classes", "prepare_columns"),
+    "input_modules": ("InputModule",),
+    "methods": ("METHODS", "apply_method", "trainable_parameters"),
+    "modeling": ("SmoothedImageClassifier",),
+    "noise": ("NOISE_CHUNK_SIZE", "NoiseCollator", "Phase", "derive_seed"),
+    "pipeline": ("certify",),
+    "spsa": ("SPSAGC",),
+    "trainer": ("SmoothingTrainer",),
+    "transforms": ("PixelTransform",),
+}
+"""The module of ``smoothing_hf`` that defines each public name."""
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [name for names in _EXPORTS.values() for name in names]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
