@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The comparison grid of the embedded default (issue 8): every method on a ViT and on a ResNet stand-in base,
+# at sigma = 0.25 and 0.5, in one table per configuration, offline:
+#   1. the stand-in bases (embedded_default.sh's ViT; a 0.3M-parameter ResNet), a small DDPM on the clean
+#      training digits, and one black-box coordinator per configuration (its encoder pretrained once);
+#   2. examples/compare.py per configuration: base, full and LoRA (3 seeds each for full and LoRA), linear,
+#      DoRA, adapter, VPT, consistency, DnCNN (MSE, stability, stability through the other base as the
+#      surrogate), diffusion, and the coordinator; 50 held-out digits (every 20th), n0 = 100, alpha = 0.001,
+#      n = 6,000 at sigma = 0.25 (ceiling sigma * Phi^-1(alpha^(1/n)) = 0.76) and n = 2,000 at sigma = 0.5
+#      (ceiling 1.35);
+#   3. the tables and plots copied to benchmarks/results/comparison/<configuration>/.
+# Every step reuses what is already there, so an interrupted grid resumes. Hours on 2 CPU cores; one thread per
+# process is the fastest setting when two configurations run side by side (CONFIGS="vit-0.25 vit-0.5" ...).
+# Usage: bash examples/compare_grid.sh [output, default runs/compare]
+set -euo pipefail
+OUT=${1:-runs/compare}
+CONFIGS=${CONFIGS:-"vit-0.25 resnet-0.25 vit-0.5 resnet-0.5"}
+DIFFUSION_CONFIGS=${DIFFUSION_CONFIGS:-$CONFIGS}  # diffusion certification is the slowest row (a UNet pass per sample)
+VIT=${VIT:-runs/embedded/base-vit}
+RESNET=${RESNET:-runs/resnet/base}
+DDPM=${DDPM:-runs/baselines/ddpm-mnist}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
+COMMON="--report_to none --save_strategy no --logging_steps 50 --dataloader_num_workers 0 --disable_tqdm true"
+
+[ -f "$VIT/config.json" ] || python examples/train_base.py --model_type vit --dataset_name embedded:mnist --output_dir "$VIT" \
+  --num_train_epochs 30 --per_device_train_batch_size 32 --per_device_eval_batch_size 250 --learning_rate 1e-3 \
+  --weight_decay 0.05 --warmup_steps 300 --lr_scheduler_type cosine --max_grad_norm 0 --eval_strategy no $COMMON
+[ -f "$RESNET/config.json" ] || python examples/train_base.py --model_type resnet --dataset_name embedded:mnist \
+  --output_dir "$RESNET" --num_train_epochs 3 --per_device_train_batch_size 32 --per_device_eval_batch_size 250 \
+  --learning_rate 1e-3 --warmup_steps 100 --lr_scheduler_type cosine --eval_strategy no $COMMON
+[ -f "$DDPM/model_index.json" ] || python examples/train_ddpm.py --model_name_or_path "$VIT" --dataset_name embedded:mnist \
+  --output_dir "$DDPM" --width 16 --batch_size 32 --max_seconds 480 --max_sigma 0.5 --eval_sigmas 0.25,0.5
+
+ENCODER=""
+for CONFIG in $CONFIGS; do
+  ARCH=${CONFIG%-*}; SIGMA=${CONFIG#*-}
+  if [ "$ARCH" = vit ]; then BASE=$VIT; SURROGATE=$RESNET; else BASE=$RESNET; SURROGATE=$VIT; fi
+  if [ "$SIGMA" = 0.25 ]; then N=6000; else N=2000; fi
+  COORDINATOR="$OUT/coordinators/$CONFIG"
+  echo "== $CONFIG: black-box coordinator =="
+  [ -f "$COORDINATOR/train_results.json" ] || python examples/train_blackbox.py --target_model_name_or_path "$BASE" \
+    --dataset_name embedded:mnist --sigma "$SIGMA" --output_dir "$COORDINATOR" --disable_tqdm true \
+    ${ENCODER:+--encoder_name_or_path "$ENCODER"}
+  ENCODER=${ENCODER:-$COORDINATOR/encoder}  # pretrained on clean digits, no labels: the same for every target
+  DIFFUSION=""
+  case " $DIFFUSION_CONFIGS " in *" $CONFIG "*) DIFFUSION="--diffusion_model $DDPM" ;; esac
+  echo "== $CONFIG: every method =="
+  python examples/compare.py --base "$BASE" --output_dir "$OUT/$CONFIG" --sigma "$SIGMA" --n "$N" --skip 20 \
+    --seeds 0,1,2 --surrogate_model "$SURROGATE" $DIFFUSION --pretrained "blackbox=$COORDINATOR"
+  mkdir -p "benchmarks/results/comparison/$CONFIG"
+  cp "$OUT/$CONFIG"/comparison.{md,tex,json} "$OUT/$CONFIG/certified_accuracy.png" "benchmarks/results/comparison/$CONFIG/"
+done
