@@ -27,11 +27,10 @@ from transformers import HfArgumentParser, set_seed
 from smoothing_hf import PixelTransform, SmoothedImageClassifier
 from smoothing_hf.blackbox import (
     BlackBoxClassifier,
-    Coordinator,
     noisy_accuracy,
-    pretrain_autoencoder,
     train_coordinator,
 )
+from smoothing_hf.coordinator import Coordinator, pretrain_autoencoder
 from smoothing_hf.data import (
     ImageClassificationTransform,
     check_labels,

@@ -13,8 +13,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "attacks": ("attack_dataset", "smooth_adv"),
     "baselines": ("DenoiserTrainer", "DiffusionDenoiser", "DnCNN"),
-    "blackbox": ("BlackBoxClassifier", "Coordinator", "QueryBudgetExceeded", "train_coordinator"),
+    "blackbox": ("BlackBoxClassifier", "QueryBudgetExceeded", "train_coordinator"),
     "config": ("SMOOTHING_CONFIG_NAME", "SmoothingConfig"),
+    "coordinator": ("Coordinator",),
     "core": ("ABSTAIN", "Certificate", "RadiusDecision", "Smoother", "certificates_from_counts", "clopper_pearson_lower"),
     "data": ("EMBEDDED_DATASETS", "ImageClassificationTransform", "check_labels", "class_names", "load_image_dataset",
              "num_classes", "prepare_columns"),

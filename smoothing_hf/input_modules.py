@@ -17,7 +17,7 @@ import torch
 INPUT_MODULE_WEIGHTS_NAME = "input_module.safetensors"
 
 INPUT_MODULES = {
-    "coordinator": "smoothing_hf.blackbox:Coordinator",
+    "coordinator": "smoothing_hf.coordinator:Coordinator",
     "dncnn": "smoothing_hf.baselines:DnCNN",
     "diffusion": "smoothing_hf.baselines:DiffusionDenoiser",
 }

@@ -18,7 +18,7 @@ from huggingface_hub import CommitInfo
 from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import cached_file
 
@@ -32,7 +32,7 @@ from .core import Certificate, Smoother
 from .hub import MODEL_CARD_NAME, certification_record, push_folder, write_model_card
 from .input_modules import INPUT_MODULE_WEIGHTS_NAME, InputModule, input_module_from_record
 from .methods import METHODS, apply_method, head_module_names, trainable_parameters
-from .transforms import PixelTransform
+from .transforms import PixelTransform, load_image_processor, per_channel
 
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
 WEIGHTS_NAME = "smoothing_weights.safetensors"
@@ -173,7 +173,7 @@ class SmoothedImageClassifier(torch.nn.Module):
                 for module in model.get_submodule(head).modules():
                     if hasattr(module, "reset_parameters"):
                         module.reset_parameters()
-        image_processor = _load_image_processor(pretrained_model_name_or_path, hub_kwargs)
+        image_processor = load_image_processor(pretrained_model_name_or_path, **hub_kwargs)
         if image_processor is None and (image_mean is None or image_std is None):
             raise ValueError(
                 f"{pretrained_model_name_or_path!r} has no image processor to take the normalization from; "
@@ -181,7 +181,7 @@ class SmoothedImageClassifier(torch.nn.Module):
             )
         num_channels = getattr(model.config, "num_channels", 3)
         if image_processor is not None and getattr(image_processor, "do_normalize", False):
-            mean, std = _per_channel(image_processor.image_mean, num_channels), _per_channel(image_processor.image_std, num_channels)
+            mean, std = per_channel(image_processor.image_mean, num_channels), per_channel(image_processor.image_std, num_channels)
         else:
             mean, std = [0.0] * num_channels, [1.0] * num_channels
         if peft_config is not None:
@@ -251,7 +251,7 @@ class SmoothedImageClassifier(torch.nn.Module):
                 raise ValueError(f"{weights} does not match the {config.input_module['type']} module its config describes: {error}") from None
             input_module.requires_grad_(False)
             model.requires_grad_(False)
-        return cls(model, config, _load_image_processor(name_or_path, hub_kwargs), input_module)
+        return cls(model, config, load_image_processor(name_or_path, **hub_kwargs), input_module)
 
     def save_pretrained(
         self, save_directory: str | os.PathLike, *, merge_adapter: bool = False, model_card: bool = True, model_id: str | None = None
@@ -436,27 +436,6 @@ class SmoothedImageClassifier(torch.nn.Module):
         if self.image_processor is None:
             raise ValueError("this model has no image processor; build it with one to get its image transform")
         return PixelTransform(self.image_processor)
-
-
-def _per_channel(values: float | Sequence[float], num_channels: int) -> list[float]:
-    """The processor's mean/std as one value per channel (processors store a scalar or a 3-list)."""
-    values = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
-    if len(values) == num_channels:
-        return values
-    if len(set(values)) == 1:
-        return values[:1] * num_channels
-    raise ValueError(
-        f"the image processor's normalization has {len(values)} values but the model takes {num_channels} "
-        "channels; pass `image_mean` and `image_std` explicitly"
-    )
-
-
-def _load_image_processor(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> Any:
-    """The folder's or repo's image processor, or None when it has none."""
-    try:
-        return AutoImageProcessor.from_pretrained(name_or_path, **hub_kwargs)
-    except OSError:
-        return None
 
 
 def _load_base_model(config: SmoothingConfig, hub_kwargs: dict[str, Any]) -> PreTrainedModel:

@@ -7,12 +7,14 @@ at the size it was trained at.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoImageProcessor
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -56,3 +58,24 @@ class PixelTransform:
         )["pixel_values"]
         pixels = pixels.float()
         return pixels[0] if single else pixels
+
+
+def load_image_processor(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Any:
+    """The image processor of a folder or Hub repo (``AutoImageProcessor``), or None when it has none."""
+    try:
+        return AutoImageProcessor.from_pretrained(name_or_path, **hub_kwargs)
+    except OSError:
+        return None
+
+
+def per_channel(values: float | Sequence[float], num_channels: int) -> list[float]:
+    """A processor's mean or std as one value per channel (processors store a scalar, a 1-list or a 3-list)."""
+    values = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    if len(values) == num_channels:
+        return values
+    if len(set(values)) == 1:
+        return values[:1] * num_channels
+    raise ValueError(
+        f"the image processor's normalization has {len(values)} values but the model takes {num_channels} "
+        "channels; pass `image_mean` and `image_std` explicitly"
+    )

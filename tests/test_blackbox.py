@@ -11,12 +11,11 @@ from transformers import AutoModel, ResNetConfig, ViTConfig, ViTModel
 from smoothing_hf import SmoothedImageClassifier, Smoother
 from smoothing_hf.blackbox import (
     BlackBoxClassifier,
-    Coordinator,
     QueryBudgetExceeded,
     noisy_accuracy,
-    pretrain_autoencoder,
     train_coordinator,
 )
+from smoothing_hf.coordinator import Coordinator, pretrain_autoencoder
 from smoothing_hf.spsa import SPSAGC
 
 
