@@ -343,12 +343,21 @@ def test_a_sigma_that_contradicts_the_saved_one_and_bad_config_files(saved, tmp_
 
 # ---------------------------------------------------------------------------------------------- the Hub
 
-PUSH = """
+def hub_environment(hub: FakeHub, home) -> dict:
+    """This process's environment without Hugging Face settings, pointed at ``hub`` with its token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_TOKEN=hub.token, HF_HUB_DISABLE_TELEMETRY="1",
+               TRANSFORMERS_VERBOSITY="error")
+    return env
+
+
+# The start of each push script: the base model uploaded to the local Hub as "user/tiny-vit".
+UPLOAD_BASE = """
 import json, os, sys
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi
 from safetensors.torch import load_file, save_file
-from smoothing_hf import SmoothedImageClassifier
+from smoothing_hf import DnCNN, SmoothedImageClassifier
 from smoothing_hf.hub import push_folder
 from smoothing_hf.pipeline import certify
 
@@ -358,6 +367,9 @@ api.create_repo("user/tiny-vit")  # the base model, as on the Hub
 base = request["base"]
 api.create_commit("user/tiny-vit", [CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(base, name))
                                     for name in sorted(os.listdir(base))], commit_message="Add the base model")
+"""
+
+PUSH = UPLOAD_BASE + """
 
 model = SmoothedImageClassifier.from_pretrained("user/tiny-vit", sigma=0.25, method="lora")
 generator = torch.Generator().manual_seed(0)
@@ -390,9 +402,7 @@ print(json.dumps({"base_revision": model.config.base_model_revision, "first": fi
 def test_push_to_a_local_hub_then_load_by_repo_id_in_fresh_processes(tiny_vit_dir, pixels, tmp_path):
     save_file({"pixels": pixels}, tmp_path / "pixels.safetensors")
     with FakeHub() as hub:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "pusher-home"), HF_TOKEN=hub.token,
-                   HF_HUB_DISABLE_TELEMETRY="1", TRANSFORMERS_VERBOSITY="error")
+        env = hub_environment(hub, tmp_path / "pusher-home")
         request = {"base": tiny_vit_dir, "pixels": str(tmp_path / "pixels.safetensors"), "certify": CERTIFY,
                    "certify_dir": str(tmp_path / "certify"), "output": str(tmp_path / "pushed"), "folder": str(tmp_path / "folder")}
         pushed = json.loads(run_python(PUSH, request, env).strip().splitlines()[-1])
@@ -454,19 +464,7 @@ def test_push_to_a_local_hub_then_load_by_repo_id_in_fresh_processes(tiny_vit_di
     assert results["certified"]["config"]["certification"]["certified_accuracy"] == pushed["summary"]["certified_accuracy"]
 
 
-PUSH_COMPOSITE = """
-import json, os, sys
-import torch
-from huggingface_hub import CommitOperationAdd, HfApi
-from safetensors.torch import load_file, save_file
-from smoothing_hf import DnCNN, SmoothedImageClassifier
-
-request = json.loads(sys.argv[1])
-api = HfApi()
-api.create_repo("user/tiny-vit")
-base = request["base"]
-api.create_commit("user/tiny-vit", [CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(base, name))
-                                    for name in sorted(os.listdir(base))], commit_message="Add the base model")
+PUSH_COMPOSITE = UPLOAD_BASE + """
 torch.manual_seed(0)
 model = SmoothedImageClassifier.from_pretrained("user/tiny-vit", sigma=0.25, input_module=DnCNN(num_channels=3, depth=2, width=4))
 with torch.no_grad():  # a denoiser that is not the identity it starts as
@@ -484,9 +482,7 @@ print(json.dumps({"commit": pushed.oid, "certificates": [list(c) for c in model.
 def test_a_denoiser_composite_pushes_and_loads_by_repo_id_with_identical_certificates(tiny_vit_dir, pixels, tmp_path):
     save_file({"pixels": pixels}, tmp_path / "pixels.safetensors")
     with FakeHub() as hub:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "home"), HF_TOKEN=hub.token,
-                   HF_HUB_DISABLE_TELEMETRY="1", TRANSFORMERS_VERBOSITY="error")
+        env = hub_environment(hub, tmp_path / "home")
         request = {"base": tiny_vit_dir, "pixels": str(tmp_path / "pixels.safetensors"), "certify": CERTIFY,
                    "output": str(tmp_path / "pushed")}
         pushed = json.loads(run_python(PUSH_COMPOSITE, request, env).strip().splitlines()[-1])
