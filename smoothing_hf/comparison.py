@@ -103,6 +103,8 @@ def build_model(method: str, base: str, settings: ComparisonSettings) -> Smoothe
     if method in METHODS or method == "consistency":
         return SmoothedImageClassifier.from_pretrained(base, sigma=sigma, method="lora" if method == "consistency" else method)
     if method in ("dncnn-mse", "dncnn-stability", "dncnn-surrogate"):
+        if method == "dncnn-surrogate":
+            method_model(method, settings)  # trained through it (see _train)
         options = json.loads(settings.dncnn_options)
         denoiser = DnCNN(num_channels=AutoConfig.from_pretrained(base).num_channels, **options)
         return SmoothedImageClassifier.from_pretrained(base, sigma=sigma, input_module=denoiser)
@@ -213,8 +215,8 @@ def run_comparison(
         raise ValueError(f"unknown methods {unknown}; allowed: {sorted(set(COMPARISON_METHODS) | set(METHODS))}")
     if not seeds:
         raise ValueError("`seeds` must hold at least one seed")
-    for method in set(methods) & set(METHOD_MODELS):
-        method_model(method, settings)  # before hours of training the others
+    for method in methods:  # a method that does not apply to this base fails here, before hours of training the others
+        build_model(method, base, settings)
     runs: dict[str, list[str]] = {}
     for method in methods:
         method_seeds = list(seeds) if method in seeded_methods else list(seeds)[:1]

@@ -73,6 +73,16 @@ def test_a_method_without_its_model_is_refused_by_name(tiny_vit_gray_dir, tmp_pa
                        methods=[method])
 
 
+def test_a_method_that_does_not_apply_to_the_base_fails_before_anything_is_trained(tmp_path):
+    resnet = str(tmp_path / "resnet")
+    tiny_resnet().save_pretrained(resnet)
+    ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(resnet)
+    with pytest.raises(ValueError, match="'adapter' needs a transformer backbone"):
+        run_comparison(resnet, load_image_dataset("embedded:digits"), ComparisonSettings(sigma=0.25), tmp_path / "out",
+                       methods=["lora", "adapter"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_table_marks_the_best_mean_and_shows_the_spread():
     rows = [
         {"name": "a", "seeds": 3, "num_examples": 10, "certified_accuracy": {"0": 0.9, "0.5": 0.5},
