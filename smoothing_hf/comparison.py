@@ -33,6 +33,7 @@ from .methods import METHODS, trainable_parameters
 from .modeling import SmoothedImageClassifier
 from .pipeline import certify
 from .reporting import COMPARISON_RADII, plot_certified_accuracy, read_run, summarize_run
+from .sequential import largest_certifiable_radius
 from .trainer import SmoothingTrainer
 
 COMPARISON_METHODS = {
@@ -339,14 +340,26 @@ def write_comparison(
     write_text(
         f"# Methods compared{sigma}\n\nCertified accuracy (%) at l2 radius r (pixels in [0, 1]) and ACR, mean ± std over "
         "training seeds where there are several; `*` marks the best mean per column. Trainable parameters, training "
-        "seconds and certification samples per second (forward passes of noisy images) as measured in this run.\n\n"
-        f"{markdown}\n\n![certified accuracy against radius](certified_accuracy.png)\n",
+        "seconds and certification samples per second (forward passes of noisy images) as measured in this run."
+        f"{_certification_note(settings, rows)}\n\n{markdown}\n\n![certified accuracy against radius](certified_accuracy.png)\n",
         os.path.join(output_dir, "comparison.md"),
     )
     write_text(comparison_table(rows, radii, latex=True) + "\n", os.path.join(output_dir, "comparison.tex"))
     write_json({"settings": settings, "runs": {k: [os.fspath(f) for f in v] for k, v in runs.items()}, "rows": rows},
                os.path.join(output_dir, "comparison.json"))
     return markdown
+
+
+def _certification_note(settings: Mapping[str, Any] | None, rows: Sequence[dict]) -> str:
+    """What was certified, and the largest radius its n can certify (columns past it read 0 by construction)."""
+    if not settings or not all(settings.get(key) for key in ("sigma", "n", "alpha", "n0")):
+        return ""
+    images = " / ".join(str(count) for count in sorted({row["num_examples"] for row in rows}))
+    ceiling = largest_certifiable_radius(settings["n"], settings["alpha"], settings["sigma"])
+    return (
+        f" Certified: {images} held-out images, n0 = {settings['n0']:,}, n = {settings['n']:,}, alpha = {settings['alpha']:g}; "
+        f"with this n no radius above sigma * Phi^-1(alpha^(1/n)) = {ceiling:.3f} can be certified."
+    )
 
 
 def _read_json(path: str) -> dict:

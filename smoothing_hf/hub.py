@@ -18,7 +18,6 @@ Imports only the config and the method registry, not the model wrapper, which im
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from .config import CERTIFICATION_KEYS, SMOOTHING_CONFIG_NAME, TRAINING_KEYS, Sm
 from .files import write_text
 from .input_modules import input_module_class
 from .methods import METHODS
+from .sequential import largest_certifiable_radius
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def model_card(config: SmoothingConfig, model_id: str, template_path: str | os.P
         image_mean=config.image_mean,
         image_std=config.image_std,
         certification={key: certification.get(key) for key in CERTIFICATION_KEYS} if certification else None,
-        max_radius=_max_radius(config.sigma, certification) if certification else None,
+        max_radius=largest_certifiable_radius(certification["n"], certification["alpha"], config.sigma) if certification else None,
         usage=usage,
     )
 
@@ -148,13 +148,6 @@ def _class_names(id2label: Mapping[str, str] | None) -> str | None:
         return None
     names = [id2label[key] for key in sorted(id2label, key=lambda k: int(k) if k.lstrip("-").isdigit() else k)]
     return ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-
-
-def _max_radius(sigma: float, certification: Mapping[str, Any]) -> float:
-    """The largest radius n samples can certify at alpha: sigma * Phi^-1(alpha^(1/n)) (all n samples agree)."""
-    from scipy.stats import norm
-
-    return float(sigma * norm.ppf(math.pow(certification["alpha"], 1 / certification["n"])))
 
 
 # ---------------------------------------------------------------------------------------------- results

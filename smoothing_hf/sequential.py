@@ -84,6 +84,12 @@ def radius_from_bound(pa_lower: np.ndarray, sigma: float) -> np.ndarray:
     return np.where(pa_lower >= 0.5, sigma * norm.ppf(np.maximum(pa_lower, 0.5)), 0.0)
 
 
+def largest_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
+    """The largest radius CERTIFY can give with ``n`` estimation samples at ``alpha``: all n on the top class
+    give pA_lower = alpha^(1/n), so the radius is sigma * Phi^-1(alpha^(1/n)) (l2, [0, 1] pixel units)."""
+    return float(radius_from_bound(clopper_pearson_lower(n, n, alpha), sigma))
+
+
 def projected_radius(successes: np.ndarray, trials: np.ndarray, next_trials: int, alpha: float, sigma: float) -> np.ndarray:
     """The radius the next round (``next_trials`` samples in all) would certify if the observed share of
     top-class samples stayed the same: the stopping rule of adaptive certification compares it with the

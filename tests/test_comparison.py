@@ -53,6 +53,8 @@ def test_compare_trains_certifies_and_tabulates_every_kind_of_method(tiny_vit_gr
     assert all(row["num_examples"] == 3 and row["samples_per_second"] > 0 for row in rows.values())
     markdown = (output / "comparison.md").read_text()
     assert "| lora (2 seeds) |" in markdown and " ± " in markdown and "samples/s" in markdown
+    # n = 40 at alpha = 0.05: pA_lower <= 0.05^(1/40) = 0.92791, radius <= 0.25 * Phi^-1(0.92791) = 0.3651
+    assert "3 held-out images, n0 = 10, n = 40, alpha = 0.05;" in markdown and "= 0.365 can be certified" in markdown
     assert "\\toprule" in (output / "comparison.tex").read_text()
     assert comparison["settings"]["sigma"] == 0.25 and comparison["settings"]["seeds"] == [0, 1]
 

@@ -9,7 +9,7 @@ from scipy.stats import binom, norm
 
 from smoothing_hf import ABSTAIN, Smoother, clopper_pearson_lower
 from smoothing_hf.noise import NOISE_CHUNK_SIZE
-from smoothing_hf.sequential import clopper_pearson_bounds, sample_schedule
+from smoothing_hf.sequential import clopper_pearson_bounds, largest_certifiable_radius, sample_schedule
 
 SIGMA = 0.25
 
@@ -148,3 +148,17 @@ def _derived_seeds(seed, count):
     from smoothing_hf import derive_seed
 
     return [derive_seed(seed, i) for i in range(count)]
+
+
+def test_the_largest_certifiable_radius_is_what_a_unanimous_classifier_certifies():
+    # Hand computation: 0.001^(1/6000) = exp(ln(0.001) / 6000) = 0.998849, Phi^-1(0.998849) = 3.0483, times 0.25.
+    assert largest_certifiable_radius(6000, 0.001, 0.25) == pytest.approx(0.25 * 3.0483, abs=1e-4)
+    assert largest_certifiable_radius(5000, 0.001, 0.25) < 0.75 < largest_certifiable_radius(6000, 0.001, 0.25)
+
+    def always_class_one(pixels):
+        return torch.tensor([0.0, 1.0]).expand(len(pixels), 2)
+
+    smoother = Smoother(always_class_one, num_classes=2, sigma=SIGMA)
+    (certificate,) = smoother.certify(torch.zeros(1, 1, 4, 4), n0=10, n=6000, alpha=0.001, batch_size=1000)
+    assert certificate.prediction == 1
+    assert certificate.radius == pytest.approx(largest_certifiable_radius(6000, 0.001, SIGMA), rel=1e-9)
