@@ -164,19 +164,30 @@ def plot_certified_accuracy(
     elif not _is_number(max_radius) or not max_radius > 0:
         raise ValueError(f"`max_radius` must be a positive finite number (l2, [0, 1] pixels) or None, got {max_radius!r}")
 
-    figure = Figure(figsize=(6, 4), layout="constrained")
+    many = len(steps) > 6  # then the legend goes beside the axes, where it hides no curve
+    figure = Figure(figsize=(7.5 if many else 6, 4), layout="constrained")
     axes = figure.subplots()
-    for label, (radii, accuracy) in steps.items():
+    for (label, (radii, accuracy)), style in zip(steps.items(), curve_styles(len(steps))):
         shown = radii <= max_radius  # then the step on to max_radius: f(max_radius), 0 past the last radius
         end = accuracy[np.searchsorted(radii, max_radius, side="left")] if max_radius <= radii[-1] else 0.0
-        axes.step(np.append(radii[shown], max_radius), np.append(accuracy[shown], end), where="pre", label=label, clip_on=False)
+        axes.step(np.append(radii[shown], max_radius), np.append(accuracy[shown], end), where="pre", label=label,
+                  clip_on=False, **style)
     axes.set(xlim=(0, max_radius), ylim=(0, 1), xlabel="l2 radius (pixels in [0, 1])", ylabel="certified accuracy")
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(**({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": "small"} if many else {}))
     if title is not None:
         axes.set_title(title)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format=extension, dpi=150)
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def curve_styles(count: int) -> list[dict]:
+    """Matplotlib ``color`` and ``linestyle`` of ``count`` curves: the 10 colours of the default cycle, then
+    the same colours dashed, dotted and dash-dotted, so up to 40 curves are told apart."""
+    return [{"color": f"C{i % 10}", "linestyle": LINE_STYLES[(i // 10) % len(LINE_STYLES)]} for i in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------- comparison

@@ -14,9 +14,10 @@ from smoothing_hf.report import main as report_main
 from smoothing_hf.reporting import (
     certified_accuracy_curve,
     certified_accuracy_metric_path,
+    compare_runs,
     comparison_latex,
     comparison_markdown,
-    compare_runs,
+    curve_styles,
     format_summary,
     plot_certified_accuracy,
     read_tsv,
@@ -103,6 +104,13 @@ def test_plot_is_a_png_written_without_leftovers(rows, tmp_path):
     with pytest.raises(ValueError, match="`path`"):
         plot_certified_accuracy({"a": rows}, tmp_path / "plot" / "curve.txt")
     assert os.listdir(path.parent) == ["curve.png"]
+
+
+def test_every_curve_of_a_crowded_plot_has_its_own_colour_and_line_style(rows, tmp_path):
+    styles = curve_styles(40)
+    assert len({(style["color"], style["linestyle"]) for style in styles}) == 40  # the default cycle repeats after 10
+    plot_certified_accuracy({f"method {i}": rows for i in range(13)}, tmp_path / "crowded.png")
+    assert (tmp_path / "crowded.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_comparison_tables_mark_the_best_value_per_column(rows, tmp_path):
