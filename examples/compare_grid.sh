@@ -16,19 +16,22 @@ set -euo pipefail
 OUT=${1:-runs/compare}
 CONFIGS=${CONFIGS:-"vit-0.25 resnet-0.25 vit-0.5 resnet-0.5"}
 DIFFUSION_CONFIGS=${DIFFUSION_CONFIGS:-$CONFIGS}  # diffusion certification is the slowest row (a UNet pass per sample)
+# Bases and DDPM: VIT, RESNET, DDPM name others (Hub ids or folders, used as they are); unset, the
+# embedded default's are trained into these folders when missing.
+VIT_GIVEN=${VIT:-}; RESNET_GIVEN=${RESNET:-}; DDPM_GIVEN=${DDPM:-}
 VIT=${VIT:-runs/embedded/base-vit}
 RESNET=${RESNET:-runs/resnet/base}
 DDPM=${DDPM:-runs/baselines/ddpm-mnist}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 COMMON="--report_to none --save_strategy no --logging_steps 50 --dataloader_num_workers 0 --disable_tqdm true"
 
-[ -f "$VIT/config.json" ] || python examples/train_base.py --model_type vit --dataset_name embedded:mnist --output_dir "$VIT" \
+[ -n "${VIT_GIVEN:-}" ] || [ -f "$VIT/config.json" ] || python examples/train_base.py --model_type vit --dataset_name embedded:mnist --output_dir "$VIT" \
   --num_train_epochs 30 --per_device_train_batch_size 32 --per_device_eval_batch_size 250 --learning_rate 1e-3 \
   --weight_decay 0.05 --warmup_steps 300 --lr_scheduler_type cosine --max_grad_norm 0 --eval_strategy no $COMMON
-[ -f "$RESNET/config.json" ] || python examples/train_base.py --model_type resnet --dataset_name embedded:mnist \
+[ -n "${RESNET_GIVEN:-}" ] || [ -f "$RESNET/config.json" ] || python examples/train_base.py --model_type resnet --dataset_name embedded:mnist \
   --output_dir "$RESNET" --num_train_epochs 3 --per_device_train_batch_size 32 --per_device_eval_batch_size 250 \
   --learning_rate 1e-3 --warmup_steps 100 --lr_scheduler_type cosine --eval_strategy no $COMMON
-[ -f "$DDPM/model_index.json" ] || python examples/train_ddpm.py --model_name_or_path "$VIT" --dataset_name embedded:mnist \
+[ -n "${DDPM_GIVEN:-}" ] || [ -f "$DDPM/model_index.json" ] || python examples/train_ddpm.py --model_name_or_path "$VIT" --dataset_name embedded:mnist \
   --output_dir "$DDPM" --width 16 --batch_size 32 --max_seconds 480 --max_sigma 0.5 --eval_sigmas 0.25,0.5
 
 ENCODER=""
