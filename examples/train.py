@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser, TrainingArguments
 
 from smoothing_hf import SmoothedImageClassifier, SmoothingTrainer
-from smoothing_hf.data import ImageClassificationTransform, check_labels, class_names, load_image_dataset
+from smoothing_hf.data import DatasetArguments, ImageClassificationTransform, check_labels, class_names
 from smoothing_hf.methods import METHODS, trainable_parameters
 
 
@@ -35,18 +35,6 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Hub dataset id (e.g. cifar10) or embedded:mnist / embedded:digits."}
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    train_dir: str | None = field(default=None, metadata={"help": "Image folder (one subfolder per class)."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Validation image folder."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})
-
-
-@dataclass
 class SmoothingArguments:
     num_noise_samples: int = field(default=1, metadata={"help": "Noisy copies of each image per batch (m)."})
     consistency_weight: float = field(
@@ -55,13 +43,10 @@ class SmoothingArguments:
 
 
 def main() -> None:
-    parser = HfArgumentParser((ModelArguments, DataArguments, SmoothingArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DatasetArguments, SmoothingArguments, TrainingArguments))
     model_args, data_args, smoothing_args, training_args = parser.parse_args_into_dataclasses()
 
-    dataset = load_image_dataset(
-        data_args.dataset_name, dataset_config_name=data_args.dataset_config_name, train_dir=data_args.train_dir,
-        validation_dir=data_args.validation_dir, image_column=data_args.image_column, label_column=data_args.label_column,
-    )
+    dataset = data_args.load()
     model = SmoothedImageClassifier.from_pretrained(
         model_args.model_name_or_path,
         sigma=model_args.sigma,
@@ -94,7 +79,7 @@ def main() -> None:
         "training_seconds": training_seconds,
     }
     model.record_training(
-        dataset_name=data_args.dataset_name or data_args.train_dir, steps=train_output.global_step,
+        dataset_name=data_args.source, steps=train_output.global_step,
         epochs=round(train_output.metrics["epoch"], 2), num_noise_samples=smoothing_args.num_noise_samples,
         consistency_weight=smoothing_args.consistency_weight, noisy_accuracy=after["eval_accuracy"],
     )

@@ -32,9 +32,9 @@ from smoothing_hf.blackbox import (
 )
 from smoothing_hf.coordinator import Coordinator, pretrain_autoencoder
 from smoothing_hf.data import (
+    DatasetArguments,
     ImageClassificationTransform,
     check_labels,
-    load_image_dataset,
 )
 from smoothing_hf.methods import trainable_parameters
 from smoothing_hf.spsa import SPSAGC
@@ -53,16 +53,6 @@ class ModelArguments:
     hidden_size: int = field(default=32, metadata={"help": "Hidden units of the decoder."})
     trigger_size: int = field(default=16, metadata={"help": "Size of the learnable prompt trigger."})
     prompt_scale: float = field(default=1.0, metadata={"help": "Largest prompt value ([0, 1] pixel units)."})
-
-
-@dataclass
-class DataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id or embedded:mnist / embedded:digits."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    train_dir: str | None = field(default=None, metadata={"help": "Image folder (one subfolder per class)."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Validation image folder."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})
 
 
 @dataclass
@@ -87,17 +77,14 @@ class BlackBoxArguments:
 
 
 def main() -> None:
-    parser = HfArgumentParser((ModelArguments, DataArguments, BlackBoxArguments))
+    parser = HfArgumentParser((ModelArguments, DatasetArguments, BlackBoxArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses()
     state = PartialState()
     if state.num_processes > 1:
         raise ValueError("train_blackbox.py runs in one process: SPSA-GC steps are sequential (launch with --num_processes 1)")
     set_seed(args.seed)
 
-    dataset = load_image_dataset(
-        data_args.dataset_name, dataset_config_name=data_args.dataset_config_name, train_dir=data_args.train_dir,
-        validation_dir=data_args.validation_dir, image_column=data_args.image_column, label_column=data_args.label_column,
-    )
+    dataset = data_args.load()
     black_box = BlackBoxClassifier.from_pretrained(
         model_args.target_model_name_or_path, output=model_args.target_output, query_budget=model_args.query_budget
     )
@@ -150,7 +137,7 @@ def main() -> None:
 
     smoothed = SmoothedImageClassifier.from_pretrained(model_args.target_model_name_or_path, sigma=sigma, input_module=coordinator.cpu())
     smoothed.record_training(
-        dataset_name=data_args.dataset_name or data_args.train_dir, steps=training["steps"], queries=training["queries"],
+        dataset_name=data_args.source, steps=training["steps"], queries=training["queries"],
         objective="black-box cross-entropy (SPSA-GC)", noisy_accuracy=results["noisy_accuracy_after"],
     )
     smoothed.save_pretrained(args.output_dir)

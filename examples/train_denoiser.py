@@ -28,7 +28,7 @@ from transformers import AutoConfig, HfArgumentParser, TrainingArguments
 
 from smoothing_hf import SmoothedImageClassifier, SmoothingTrainer
 from smoothing_hf.baselines import OBJECTIVES, DenoiserTrainer, DiffusionDenoiser, DnCNN
-from smoothing_hf.data import ImageClassificationTransform, check_labels, load_image_dataset
+from smoothing_hf.data import DatasetArguments, ImageClassificationTransform, check_labels
 from smoothing_hf.files import write_json
 from smoothing_hf.methods import trainable_parameters
 
@@ -54,26 +54,11 @@ class DenoiserArguments:
             raise ValueError("`--diffusion_model` is required with `--denoiser diffusion`, and only then")
 
 
-@dataclass
-class DataArguments:
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Hub dataset id (e.g. cifar10) or embedded:mnist / embedded:digits."}
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    train_dir: str | None = field(default=None, metadata={"help": "Image folder (one subfolder per class)."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Validation image folder."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})
-
-
 def main() -> None:
-    parser = HfArgumentParser((DenoiserArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser((DenoiserArguments, DatasetArguments, TrainingArguments))
     args, data_args, training_args = parser.parse_args_into_dataclasses()
 
-    dataset = load_image_dataset(
-        data_args.dataset_name, dataset_config_name=data_args.dataset_config_name, train_dir=data_args.train_dir,
-        validation_dir=data_args.validation_dir, image_column=data_args.image_column, label_column=data_args.label_column,
-    )
+    dataset = data_args.load()
     if args.denoiser == "dncnn":
         channels = AutoConfig.from_pretrained(args.model_name_or_path, revision=args.model_revision).num_channels
         module = DnCNN(num_channels=channels, **json.loads(args.denoiser_options))
@@ -107,7 +92,7 @@ def main() -> None:
     }
     details = {"steps": train_output.global_step, "epochs": round(train_output.metrics["epoch"], 2)} if train_output else {}
     model.record_training(
-        dataset_name=data_args.dataset_name or data_args.train_dir, noisy_accuracy=after["eval_accuracy"], **details
+        dataset_name=data_args.source, noisy_accuracy=after["eval_accuracy"], **details
     )
     if trainer.is_world_process_zero():
         model.save_pretrained(training_args.output_dir)

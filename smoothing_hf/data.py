@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import datasets
@@ -43,6 +44,32 @@ _SOURCES_HELP = (
     "datasets {embedded}) or `train_dir` (an image folder with one subfolder per class, optionally with "
     "`validation_dir`)"
 )
+
+
+@dataclass
+class DatasetArguments:
+    """The training data on a command line (``HfArgumentParser``): one source, as ``load_image_dataset`` takes it."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id (e.g. cifar10) or embedded:mnist / embedded:digits."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder (one subfolder per class)."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Validation image folder."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})
+
+    @property
+    def source(self) -> str | None:
+        """The dataset's name for records and model cards: the Hub id or the training folder."""
+        return self.dataset_name or self.train_dir
+
+    def load(self) -> DatasetDict:
+        """``load_image_dataset`` of these arguments: splits "train" and "validation"."""
+        return load_image_dataset(
+            self.dataset_name, dataset_config_name=self.dataset_config_name, train_dir=self.train_dir,
+            validation_dir=self.validation_dir, image_column=self.image_column, label_column=self.label_column,
+        )
 
 
 def load_image_dataset(
