@@ -216,16 +216,18 @@ def run_comparison(
         raise ValueError(f"unknown methods {unknown}; allowed: {sorted(set(COMPARISON_METHODS) | set(METHODS))}")
     if not seeds:
         raise ValueError("`seeds` must hold at least one seed")
-    for method in methods:  # a method that does not apply to this base fails here, before hours of training the others
-        build_model(method, base, settings)
-    runs: dict[str, list[str]] = {}
-    for method in methods:
-        method_seeds = list(seeds) if method in seeded_methods else list(seeds)[:1]
-        seeded = method in seeded_methods and len(seeds) > 1
-        runs[method] = [
-            train_and_certify(method, base, dataset, settings, run_folder(output_dir, method, seed, seeded), seed)
-            for seed in method_seeds
-        ]
+    planned = {  # method -> (seed, run folder) of each of its runs
+        method: [(seed, run_folder(output_dir, method, seed, method in seeded_methods and len(seeds) > 1))
+                 for seed in (seeds if method in seeded_methods else seeds[:1])]
+        for method in methods
+    }
+    for method, method_runs in planned.items():  # an untrained method that does not apply to this base fails here,
+        if not all(os.path.isfile(os.path.join(folder, TRAIN_RESULTS_NAME)) for _, folder in method_runs):
+            build_model(method, base, settings)  # before hours of training the others
+    runs = {
+        method: [train_and_certify(method, base, dataset, settings, folder, seed) for seed, folder in method_runs]
+        for method, method_runs in planned.items()
+    }
     for label, folder in (pretrained or {}).items():
         model = SmoothedImageClassifier.from_pretrained(folder)
         if model.sigma != settings.sigma:
