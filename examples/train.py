@@ -19,6 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from smoothing_hf import SmoothedImageClassifier, SmoothingTrainer
 from smoothing_hf.data import DatasetArguments, ImageClassificationTransform, check_labels, class_names
+from smoothing_hf.files import write_json
 from smoothing_hf.methods import METHODS, trainable_parameters
 
 
@@ -85,8 +86,7 @@ def main() -> None:
     )
     if trainer.is_world_process_zero():
         model.save_pretrained(training_args.output_dir)
-        with open(os.path.join(training_args.output_dir, "train_results.json"), "w") as handle:
-            json.dump(results, handle, indent=2)
+        write_json(results, os.path.join(training_args.output_dir, "train_results.json"))
         print(json.dumps(results, indent=2))
 
 

@@ -36,6 +36,7 @@ from smoothing_hf.data import (
     ImageClassificationTransform,
     check_labels,
 )
+from smoothing_hf.files import write_json
 from smoothing_hf.methods import trainable_parameters
 from smoothing_hf.spsa import SPSAGC
 
@@ -141,8 +142,7 @@ def main() -> None:
         objective="black-box cross-entropy (SPSA-GC)", noisy_accuracy=results["noisy_accuracy_after"],
     )
     smoothed.save_pretrained(args.output_dir)
-    with open(os.path.join(args.output_dir, "train_results.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_json(results, os.path.join(args.output_dir, "train_results.json"))
     print(json.dumps(results, indent=2))
 
 
