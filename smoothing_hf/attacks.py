@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .core import ABSTAIN, PIXEL_TOLERANCE, eval_mode, check_sigma
+from .certification import ABSTAIN, eval_mode
+from .checks import PIXEL_TOLERANCE, check_seed, check_sigma
 from .files import atomic_path, write_json, write_text
 from .modeling import SmoothedImageClassifier
-from .noise import check_seed, derive_seed
+from .noise import derive_seed
 from .reporting import read_tsv, summarize
 
 ATTACK_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 
-from .core import eval_mode, check_sigma
+from .certification import eval_mode
+from .checks import check_sigma
 from .files import atomic_path
 
 TOKEN_LAYER_NAME = "layernorm_before"

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .core import check_sigma
+from .checks import check_sigma
 from .input_modules import InputModule
 from .modeling import SmoothedImageClassifier
 from .noise import NoiseCollator

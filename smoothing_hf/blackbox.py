@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageClassification, PreTrainedModel
 
 from .coordinator import Coordinator
-from .core import check_sigma
+from .checks import check_sigma
 from .noise import NoiseCollator
 from .spsa import SPSAGC
 from .transforms import load_image_processor, per_channel

@@ -60,9 +60,17 @@ def check_number(
 ) -> float:
     """``value`` as a float, if it is a finite real number within the bounds (inclusive unless ``strict_*``);
     ``unit`` (e.g. "l2, pixels in [0, 1]") is added to the message."""
-    low = "" if minimum is None else f"{'>' if strict_minimum else '>='} {minimum:g}"
-    high = "" if maximum is None else f"{'<' if strict_maximum else '<='} {maximum:g}"
-    allowed = "a finite number" + (f" {low}" if low else "") + (" and" if low and high else "") + (f" {high}" if high else "")
+    if minimum is not None and maximum is not None:
+        interval = f"{'(' if strict_minimum else '['}{minimum:g}, {maximum:g}{')' if strict_maximum else ']'}"
+        allowed = f"in {interval}"
+    elif minimum == 0 and strict_minimum:
+        allowed = "a positive finite number"
+    elif minimum is not None:
+        allowed = f"a finite number {'>' if strict_minimum else '>='} {minimum:g}"
+    elif maximum is not None:
+        allowed = f"a finite number {'<' if strict_maximum else '<='} {maximum:g}"
+    else:
+        allowed = "a finite number"
     allowed += f" ({unit})" if unit else ""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be {allowed}, got {type(value).__name__} {value!r}")

@@ -33,7 +33,7 @@ from .methods import METHODS, trainable_parameters
 from .modeling import SmoothedImageClassifier
 from .pipeline import certify
 from .reporting import COMPARISON_RADII, plot_certified_accuracy, read_run, summarize_run
-from .sequential import largest_certifiable_radius
+from .certification import largest_certifiable_radius
 from .trainer import SmoothingTrainer
 
 COMPARISON_METHODS = {

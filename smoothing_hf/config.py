@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from .core import check_sigma
+from .checks import check_sigma
 from .files import write_text
 from .input_modules import check_input_module_record
 

@@ -29,7 +29,7 @@ from .config import CERTIFICATION_KEYS, SMOOTHING_CONFIG_NAME, TRAINING_KEYS, Sm
 from .files import write_text
 from .input_modules import input_module_class
 from .methods import METHODS
-from .sequential import largest_certifiable_radius
+from .certification import largest_certifiable_radius
 
 logger = logging.getLogger(__name__)
 

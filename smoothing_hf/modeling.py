@@ -28,7 +28,7 @@ except ImportError:  # transformers releases that do not resolve revisions to co
     resolve_revision = None
 
 from .config import SMOOTHING_CONFIG_NAME, SmoothingConfig, read_json_object
-from .core import Certificate, Smoother
+from .certification import Certificate, Smoother
 from .hub import MODEL_CARD_NAME, certification_record, push_folder, write_model_card
 from .input_modules import INPUT_MODULE_WEIGHTS_NAME, InputModule, input_module_from_record
 from .methods import METHODS, apply_method, head_module_names, trainable_parameters

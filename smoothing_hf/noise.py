@@ -17,6 +17,8 @@ import enum
 import numpy as np
 import torch
 
+from .checks import check_pixel_range, check_positive_int, check_seed, check_sigma
+
 NOISE_CHUNK_SIZE = 128
 """Samples per independently seeded noise chunk. Part of the reproducibility contract: changing it
 changes every certificate."""
@@ -28,15 +30,6 @@ class Phase(enum.IntEnum):
     SELECTION = 0  # CERTIFY's n0 draws that choose the top class
     ESTIMATION = 1  # CERTIFY's n fresh draws that bound its probability
     PREDICTION = 2  # PREDICT's n draws
-
-
-def check_seed(seed: int, name: str = "seed") -> int:
-    """Return ``seed`` if it is a non-negative Python int, else raise ``TypeError``/``ValueError``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"`{name}` must be a non-negative int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"`{name}` must be a non-negative int, got {seed}")
-    return int(seed)
 
 
 def derive_seed(*entropy: int) -> int:
@@ -100,14 +93,8 @@ class NoiseCollator:
     """
 
     def __init__(self, sigma: float, num_noise_samples: int = 1, seed: int = 0, *, deterministic: bool = False) -> None:
-        from .core import check_sigma  # core imports this module
-
         self.sigma = check_sigma(sigma)
-        if isinstance(num_noise_samples, bool) or not isinstance(num_noise_samples, (int, np.integer)):
-            raise TypeError(f"`num_noise_samples` must be a positive int, got {type(num_noise_samples).__name__}")
-        if num_noise_samples < 1:
-            raise ValueError(f"`num_noise_samples` must be a positive int (>= 1), got {num_noise_samples}")
-        self.num_noise_samples = int(num_noise_samples)
+        self.num_noise_samples = check_positive_int(num_noise_samples, "num_noise_samples")
         self.seed = check_seed(seed, "seed")
         self.deterministic = bool(deterministic)
         self.reset()
@@ -150,8 +137,6 @@ class NoiseCollator:
 
     @staticmethod
     def _stack_pixels(examples: list[dict]) -> torch.Tensor:
-        from .core import PIXEL_TOLERANCE
-
         if not isinstance(examples, (list, tuple)) or not examples:
             raise ValueError("the collator needs a non-empty list of examples")
         try:
@@ -167,12 +152,7 @@ class NoiseCollator:
         if not all(p.is_floating_point() for p in pixels):
             raise TypeError("'pixel_values' must be float pixels in [0, 1] (rescale 0-255 images by 1/255)")
         clean = torch.stack(pixels).float()
-        low, high = clean.min().item(), clean.max().item()
-        if not (low >= -PIXEL_TOLERANCE and high <= 1 + PIXEL_TOLERANCE):  # also catches NaN
-            raise ValueError(
-                f"'pixel_values' must be un-normalized pixels in [0, 1], got values in [{low:.4g}, {high:.4g}] (the model "
-                "normalizes; noise is added in [0, 1] pixel space)"
-            )
+        check_pixel_range(clean.min().item(), clean.max().item(), "pixel_values")
         return clean
 
     @staticmethod

@@ -27,7 +27,7 @@ from accelerate.utils import gather_object, reduce
 from tqdm.auto import tqdm
 
 from .config import read_json_object
-from .core import ABSTAIN, Smoother, certificates_from_counts, predictions_from_counts
+from .certification import ABSTAIN, Smoother, certificates_from_counts, predictions_from_counts
 from .files import atomic_path, write_json
 from .modeling import SmoothedImageClassifier
 from .noise import Phase, chunk_sizes, derive_seed

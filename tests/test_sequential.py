@@ -9,7 +9,7 @@ from scipy.stats import binom, norm
 
 from smoothing_hf import ABSTAIN, Smoother, clopper_pearson_lower
 from smoothing_hf.noise import NOISE_CHUNK_SIZE
-from smoothing_hf.sequential import clopper_pearson_bounds, largest_certifiable_radius, sample_schedule
+from smoothing_hf.certification import clopper_pearson_bounds, largest_certifiable_radius, sample_schedule
 
 SIGMA = 0.25
 

@@ -7,98 +7,23 @@ logits. The noise lives in pixel space, so radii are l2 distances between [0, 1]
 Where this improves on Cohen's ``core.py``: noise is seeded per (seed, example, phase, chunk) so results
 do not depend on the batch size (``smoothing_hf.noise``); several images share a forward batch when n0
 or n is small; counting is one ``torch.bincount`` per batch; the statistics are vectorized over images.
+The sample-efficient modes (a fixed radius, adaptive radii) are in ``sequential.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 
-from .noise import Phase, check_seed, chunk_sizes, derive_seed, noise_chunk
-from .sequential import (
-    clopper_pearson_bounds,
-    clopper_pearson_lower,
-    projected_radius,
-    radius_from_bound,
-    radius_threshold,
-    sample_schedule,
-)
-
-ABSTAIN = -1
-"""The class index returned when the smoothed classifier abstains (its radius is 0.0)."""
-
-PIXEL_TOLERANCE = 1e-4
-"""How far outside [0, 1] a clean pixel may be (rounding in resize/rescale) before it is an error."""
-
-
-class Certificate(NamedTuple):
-    """CERTIFY's answer for one image.
-
-    With probability at least 1 - alpha over the noise, if ``prediction`` is not ``ABSTAIN`` then the
-    smoothed classifier predicts ``prediction`` for every input within l2 distance ``radius`` (pixel space,
-    [0, 1] scale) of the image.
-    """
-
-    prediction: int
-    """The certified class, or ``ABSTAIN`` (-1)."""
-    radius: float
-    """sigma * Phi^-1(pa_lower); 0.0 when abstaining."""
-    pa_lower: float
-    """One-sided (1 - alpha) Clopper-Pearson lower bound of p_A from the estimation draws."""
-    count: int
-    """Estimation draws (of ``n``) whose base prediction was the selected class."""
-    selection_count: int
-    """Selection draws (of ``n0``) whose base prediction was the selected class."""
-    samples: int
-    """Noisy forward passes spent on this image: n0 + n (n0 + the estimation samples drawn, adaptively)."""
-
-
-class RadiusDecision(NamedTuple):
-    """``Smoother.certify_at_radius``'s answer for one image.
-
-    With probability at least 1 - alpha over the noise, ``certified`` is True only if the smoothed
-    classifier predicts ``prediction`` for every input within l2 distance ``radius`` of the image.
-    """
-
-    prediction: int
-    """The smoothed classifier's class (p_A > 1/2 established), or ``ABSTAIN`` (-1)."""
-    certified: bool
-    """Whether p_A >= Phi(radius / sigma) was established: robust at the radius asked about."""
-    samples: int
-    """Noisy forward passes spent on this image, the n0 selection draws included."""
-
-
-def _check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"`{name}` must be a positive int (>= 1), got {value}")
-    return int(value)
-
-
-def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"`alpha` must be a float in (0, 1), got {type(alpha).__name__}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"`alpha` must be in (0, 1), got {alpha}")
-    return float(alpha)
-
-
-def check_sigma(sigma: float) -> float:
-    """Return ``sigma`` as a float if it is a finite positive number, else raise."""
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-        raise TypeError(f"`sigma` must be a positive float (noise std in [0, 1] pixel units), got {type(sigma).__name__}")
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"`sigma` must be a positive finite float (noise std in [0, 1] pixel units), got {sigma}")
-    return float(sigma)
+from ..checks import check_alpha, check_number, check_pixel_range, check_positive_int, check_seed, check_sigma
+from ..noise import Phase, chunk_sizes, derive_seed, noise_chunk
+from . import sequential
+from .certificates import Certificate, RadiusDecision, certificates_from_counts, predictions_from_counts
 
 
 @contextlib.contextmanager
@@ -139,17 +64,13 @@ class Smoother:
     ) -> None:
         if not callable(base_classifier):
             raise TypeError(f"`base_classifier` must be a torch.nn.Module or callable, got {type(base_classifier).__name__}")
-        if _check_positive_int(num_classes, "num_classes") < 2:
+        if check_positive_int(num_classes, "num_classes") < 2:
             raise ValueError(f"`num_classes` must be >= 2, got {num_classes}")
-        if num_channels is not None:
-            _check_positive_int(num_channels, "num_channels")
         self.base_classifier = base_classifier
         self.num_classes = int(num_classes)
         self.sigma = check_sigma(sigma)
-        self.num_channels = num_channels
+        self.num_channels = None if num_channels is None else check_positive_int(num_channels, "num_channels")
         self.device = torch.device(device) if device is not None else None
-
-    # ------------------------------------------------------------------ public API
 
     def predict(
         self, x: torch.Tensor, n: int, alpha: float, batch_size: int, seed: int | Sequence[int] = 0
@@ -171,9 +92,7 @@ class Smoother:
         Returns:
             The class index or ``ABSTAIN`` for one image; a list of them for a batch.
         """
-        n = _check_positive_int(n, "n")
-        alpha = _check_alpha(alpha)
-        batch_size = _check_positive_int(batch_size, "batch_size")
+        n, alpha, batch_size = check_positive_int(n, "n"), check_alpha(alpha), check_positive_int(batch_size, "batch_size")
         images, seeds, single = self._prepare(x, seed)
         if n < math.log2(2 / alpha):
             warnings.warn(
@@ -215,20 +134,24 @@ class Smoother:
             tolerance: None (the default) for Cohen's fixed n. A radius > 0 (l2, [0, 1] pixels) makes the
                 sampling adaptive with ``n`` as its budget: estimation draws come in rounds growing
                 ``growth``-fold (128, 512, ... up to n), the error budget alpha split evenly over them,
-                and an image stops once the next round would raise its radius by less than ``tolerance``.
-                The (1 - alpha) guarantee is the same; ``Certificate.samples`` counts the draws made.
+                and an image stops once the next round would raise its radius by less than ``tolerance``
+                (``sequential.certify_adaptive``). The (1 - alpha) guarantee is the same;
+                ``Certificate.samples`` counts the draws made.
             growth: factor between consecutive round sizes in adaptive sampling (> 1).
 
         Returns:
             A ``Certificate`` for one image; a list of them for a batch.
         """
-        n0 = _check_positive_int(n0, "n0")
-        n = _check_positive_int(n, "n")
-        alpha = _check_alpha(alpha)
-        batch_size = _check_positive_int(batch_size, "batch_size")
+        n0, n = check_positive_int(n0, "n0"), check_positive_int(n, "n")
+        alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
+        if tolerance is not None:
+            tolerance = check_number(tolerance, "tolerance", minimum=0, strict_minimum=True, unit="l2, pixels in [0, 1]")
         images, seeds, single = self._prepare(x, seed)
         if tolerance is not None:
-            certificates = self._certify_adaptive(images, seeds, n0, n, alpha, batch_size, tolerance, growth)
+            certificates = sequential.certify_adaptive(
+                self.sample_counts, self.sigma, images, seeds, n0=n0, max_n=n, alpha=alpha, batch_size=batch_size,
+                tolerance=tolerance, growth=growth,
+            )
             return certificates[0] if single else certificates
         if n <= math.log2(1 / alpha):
             warnings.warn(
@@ -256,13 +179,13 @@ class Smoother:
         """Decide whether the smoothed classifier is certifiably robust at l2 ``radius``, with few samples.
 
         ``n0`` selection draws choose cA as in ``certify``. Estimation draws then come in rounds (cumulative
-        sizes ``smoothing_hf.sequential.sample_schedule(max_n, growth=growth)``: 128, 512, ... up to
-        ``max_n``) continuing one noise stream per image; after each of the K rounds, one-sided
-        Clopper-Pearson bounds of p_A at level alpha / K are compared with p* = Phi(radius / sigma). The
-        image stops as certified once the lower bound reaches p*, as not certified once the upper bound
-        falls below p* or after ``max_n`` draws. The union bound over the K rounds keeps the guarantee:
-        ``certified`` is True with probability at most alpha when p_A < p* or cA is not the smoothed
-        classifier's class. ``prediction`` is cA when the lower bound at the stop is >= 1/2, else ABSTAIN.
+        sizes ``sequential.sample_schedule(max_n, growth=growth)``: 128, 512, ... up to ``max_n``)
+        continuing one noise stream per image; after each of the K rounds, one-sided Clopper-Pearson bounds
+        of p_A at level alpha / K are compared with p* = Phi(radius / sigma). The image stops as certified
+        once the lower bound reaches p*, as not certified once the upper bound falls below p* or after
+        ``max_n`` draws. The union bound over the K rounds keeps the guarantee: ``certified`` is True with
+        probability at most alpha when p_A < p* or cA is not the smoothed classifier's class.
+        ``prediction`` is cA when the lower bound at the stop is >= 1/2, else ABSTAIN.
 
         Args:
             x: one image [C, H, W] or a batch [B, C, H, W], pixels in [0, 1].
@@ -277,111 +200,17 @@ class Smoother:
         Returns:
             A ``RadiusDecision`` for one image; a list of them for a batch.
         """
-        if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not math.isfinite(radius) or radius < 0:
-            raise ValueError(f"`radius` must be a finite l2 radius >= 0 (pixels in [0, 1]), got {radius!r}")
-        n0, max_n, alpha, batch_size = self._check_sequential(n0, max_n, alpha, batch_size)
-        images, seeds, single = self._prepare(x, seed)
-        threshold = radius_threshold(float(radius), self.sigma)
-        schedule = sample_schedule(max_n, growth=growth)
-        level = alpha / len(schedule)
-        certified = np.zeros(len(images), dtype=bool)
-        predicted = np.zeros(len(images), dtype=bool)
-
-        def stop(active: np.ndarray, count_a: np.ndarray, trials: int, last: bool) -> np.ndarray:
-            lower, upper = clopper_pearson_bounds(count_a, np.full(len(count_a), trials), level)
-            certified[active] = lower >= threshold
-            predicted[active] = lower >= 0.5
-            return certified[active] | (upper < threshold) | last
-
-        selection, _, used = self._estimate_in_rounds(images, seeds, n0, schedule, batch_size, stop)
-        top = selection.argmax(axis=1)
-        decisions = [
-            RadiusDecision(int(top[i]) if predicted[i] else ABSTAIN, bool(certified[i]), int(n0 + used[i]))
-            for i in range(len(images))
-        ]
-        return decisions[0] if single else decisions
-
-    def _certify_adaptive(
-        self, images: torch.Tensor, seeds: list[int], n0: int, max_n: int, alpha: float, batch_size: int,
-        tolerance: float, growth: float,
-    ) -> list[Certificate]:
-        """``certify`` with a ``tolerance``: estimation draws come in the rounds of ``certify_at_radius``;
-        after each of the K rounds the one-sided Clopper-Pearson lower bound of p_A at level alpha / K is
-        taken, and the certificate uses the largest of them so far (all K hold at once with probability
-        >= 1 - alpha, so the certificate is as valid as fixed-n CERTIFY's). An image stops once the next
-        round, at its current share of top-class draws, would raise its radius by less than ``tolerance``,
-        once its upper bound falls below 1/2 (it will abstain), or after ``max_n`` draws."""
-        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not tolerance > 0:
-            raise ValueError(f"`tolerance` must be a radius > 0 (l2, pixels in [0, 1]), got {tolerance!r}")
-        schedule = sample_schedule(max_n, growth=growth)
-        level = alpha / len(schedule)
-        best = np.zeros(len(images))
-
-        def stop(active: np.ndarray, count_a: np.ndarray, trials: int, last: bool) -> np.ndarray:
-            lower, upper = clopper_pearson_bounds(count_a, np.full(len(count_a), trials), level)
-            best[active] = np.maximum(best[active], lower)
-            if last:
-                return np.ones(len(active), dtype=bool)
-            next_trials = schedule[schedule.index(trials) + 1]
-            gain = projected_radius(count_a, np.full(len(count_a), trials), next_trials, level, self.sigma)
-            gain = gain - radius_from_bound(best[active], self.sigma)
-            return (upper < 0.5) | (gain < tolerance)
-
-        selection, counts, used = self._estimate_in_rounds(images, seeds, n0, schedule, batch_size, stop)
-        top = selection.argmax(axis=1)
-        radii = radius_from_bound(best, self.sigma)
-        return [
-            Certificate(
-                prediction=int(top[i]) if best[i] >= 0.5 else ABSTAIN, radius=float(radii[i]), pa_lower=float(best[i]),
-                count=int(counts[i]), selection_count=int(selection[i, top[i]]), samples=int(n0 + used[i]),
-            )
-            for i in range(len(images))
-        ]
-
-    def _check_sequential(self, n0: int, max_n: int, alpha: float, batch_size: int) -> tuple[int, int, float, int]:
-        n0 = _check_positive_int(n0, "n0")
-        max_n = _check_positive_int(max_n, "max_n")
+        radius = check_number(radius, "radius", minimum=0, unit="l2, pixels in [0, 1]")
+        n0, max_n = check_positive_int(n0, "n0"), check_positive_int(max_n, "max_n")
         if max_n < n0:
             raise ValueError(f"`max_n` must be >= n0 = {n0}, got {max_n}")
-        return n0, max_n, _check_alpha(alpha), _check_positive_int(batch_size, "batch_size")
-
-    def _estimate_in_rounds(
-        self,
-        images: torch.Tensor,
-        seeds: list[int],
-        n0: int,
-        schedule: list[int],
-        batch_size: int,
-        stop: Callable[[np.ndarray, np.ndarray, int, bool], np.ndarray],
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Selection, then estimation rounds for the images still undecided, until ``stop`` ends them all.
-
-        Round k draws noise chunks [n_(k-1) / 128, n_k / 128) of each active image's estimation stream of
-        length ``schedule[-1]``, so an image's draws do not depend on the other images or the batch size.
-        ``stop(active image indices, their top-class counts, n_k, is last round)`` returns which stop now.
-        Returns the selection counts [B, K], top-class estimation counts [B] and estimation samples drawn [B].
-        """
-        selection = self.sample_counts(images, seeds, Phase.SELECTION, n0, batch_size)
-        top = selection.argmax(axis=1)
-        counts = np.zeros(len(images), dtype=np.int64)
-        used = np.zeros(len(images), dtype=np.int64)
-        active = np.arange(len(images))
-        drawn_chunks = 0
-        for k, trials in enumerate(schedule):
-            chunk_end = len(chunk_sizes(trials))
-            round_counts = self.sample_counts(
-                images[active], [seeds[i] for i in active], Phase.ESTIMATION, schedule[-1], batch_size,
-                chunks=range(drawn_chunks, chunk_end),
-            )
-            counts[active] += round_counts[np.arange(len(active)), top[active]]
-            used[active] = trials
-            drawn_chunks = chunk_end
-            active = active[~stop(active, counts[active], trials, k == len(schedule) - 1)]
-            if not len(active):
-                break
-        return selection, counts, used
-
-    # ------------------------------------------------------------------ sampling
+        alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
+        images, seeds, single = self._prepare(x, seed)
+        decisions = sequential.certify_at_radius(
+            self.sample_counts, self.sigma, images, seeds, radius, n0=n0, max_n=max_n, alpha=alpha,
+            batch_size=batch_size, growth=growth,
+        )
+        return decisions[0] if single else decisions
 
     def sample_counts(
         self,
@@ -466,8 +295,6 @@ class Smoother:
             )
         return logits
 
-    # ------------------------------------------------------------------ input checks
-
     def _prepare(self, x: torch.Tensor, seed: int | Sequence[int]) -> tuple[torch.Tensor, list[int], bool]:
         """Check ``x`` and ``seed``; return the [B, C, H, W] batch on the device, per-image seeds, and
         whether ``x`` was a single image."""
@@ -501,12 +328,7 @@ class Smoother:
             )
         if torch.isnan(images).any():
             raise ValueError("`x` contains NaN pixels")
-        low, high = images.min().item(), images.max().item()
-        if low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
-            raise ValueError(
-                f"`x` must hold un-normalized pixels in [0, 1], got values in [{low:.4g}, {high:.4g}] (normalization "
-                "is the model's first step; do not pass normalized or 0-255 images)"
-            )
+        check_pixel_range(images.min().item(), images.max().item(), "x")
         return images
 
     def _device(self, images: torch.Tensor) -> torch.device:
@@ -517,47 +339,6 @@ class Smoother:
             if parameter is not None:
                 return parameter.device
         return images.device
-
-
-def predictions_from_counts(counts: np.ndarray, alpha: float) -> list[int]:
-    """PREDICT's decision from [B, K] class counts: the top class where a two-sided binomial test of its
-    count nA against the runner-up's nB (nA + nB trials, p = 0.5) has p-value <= alpha, else ABSTAIN."""
-    counts = np.asarray(counts)
-    top_two = np.argsort(-counts, axis=1, kind="stable")[:, :2]
-    rows = np.arange(len(counts))
-    count_a, count_b = counts[rows, top_two[:, 0]], counts[rows, top_two[:, 1]]
-    return [
-        int(c) if binomtest(int(a), int(a + b), 0.5).pvalue <= alpha else ABSTAIN
-        for c, a, b in zip(top_two[:, 0], count_a, count_b)
-    ]
-
-
-def certificates_from_counts(
-    selection_counts: np.ndarray, estimation_counts: np.ndarray, alpha: float, sigma: float
-) -> list[Certificate]:
-    """CERTIFY's decision from class counts: [B, K] selection counts (n0 each) and [B, K] estimation counts
-    (n each, independent of the selection draws). Ties in selection go to the lowest class index."""
-    selection_counts = np.asarray(selection_counts)
-    estimation_counts = np.asarray(estimation_counts)
-    n0 = selection_counts.sum(axis=1)
-    n = estimation_counts.sum(axis=1)
-    rows = np.arange(len(selection_counts))
-    top = selection_counts.argmax(axis=1)
-    count_a = estimation_counts[rows, top]
-    pa_lower = clopper_pearson_lower(count_a, n, alpha)
-    certified = pa_lower >= 0.5
-    radii = radius_from_bound(pa_lower, sigma)
-    return [
-        Certificate(
-            prediction=int(top[i]) if certified[i] else ABSTAIN,
-            radius=float(radii[i]),
-            pa_lower=float(pa_lower[i]),
-            count=int(count_a[i]),
-            selection_count=int(selection_counts[i, top[i]]),
-            samples=int(n0[i] + n[i]),
-        )
-        for i in rows
-    ]
 
 
 def _owners(pieces: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
