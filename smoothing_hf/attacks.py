@@ -31,7 +31,8 @@ from .checks import PIXEL_TOLERANCE, check_seed, check_sigma
 from .files import atomic_path, write_json, write_text
 from .modeling import SmoothedImageClassifier
 from .noise import derive_seed
-from .reporting import read_tsv, summarize
+from .files import read_rows
+from .reporting import summarize
 
 ATTACK_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Default attack radii epsilon (l2, [0, 1] pixels); 0 is the clean image (PREDICT without attack)."""
@@ -384,7 +385,7 @@ def _certified_rows(certified: str | os.PathLike | Sequence[dict] | None, select
     """The certification rows of the ``selected`` examples, in their order; every one must be there."""
     if certified is None:
         return None
-    rows = read_tsv(certified) if isinstance(certified, (str, os.PathLike)) else list(certified)
+    rows = read_rows(certified) if isinstance(certified, (str, os.PathLike)) else list(certified)
     by_index = {row["idx"]: row for row in rows}
     missing = [idx for idx in selected if idx not in by_index]
     if missing:

@@ -8,8 +8,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from .checks import check_sigma
-from .files import write_text
+from .checks import check_sigma, is_number
+from .files import read_json, write_text
 from .input_modules import check_input_module_record
 
 SMOOTHING_CONFIG_NAME = "smoothing_config.json"
@@ -133,7 +133,7 @@ class SmoothingConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> SmoothingConfig:
         """Read ``path``; a file that is not JSON, or not a smoothing config, is a ValueError naming it."""
-        values = read_json_object(path)
+        values = read_json(path)
         try:
             return cls.from_dict(values)
         except (TypeError, ValueError) as error:
@@ -141,15 +141,8 @@ class SmoothingConfig:
 
 
 def read_json_object(path: str | os.PathLike) -> dict:
-    """The JSON object in ``path``; invalid JSON or another JSON type is a ValueError naming the file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = json.load(handle)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{os.fspath(path)} is not valid JSON ({error}); re-save the model to rewrite it") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{os.fspath(path)} must hold a JSON object, got {type(values).__name__}")
-    return values
+    """The JSON object in ``path`` (``files.read_json``); kept under this name until modeling.py reads through files."""
+    return read_json(path)
 
 
 def _check_keys(values: object, name: str, allowed: dict[str, str]) -> dict:
@@ -171,12 +164,12 @@ def check_certification(values: object) -> dict:
     for key in ("n0", "n", "num_examples"):
         if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 1:
             raise ValueError(f"`certification['{key}']` must be a positive int, got {values[key]!r}")
-    if not _is_number(values["alpha"]) or not 0 < values["alpha"] < 1:
+    if not is_number(values["alpha"]) or not 0 < values["alpha"] < 1:
         raise ValueError(f"`certification['alpha']` must be in (0, 1), got {values['alpha']!r}")
-    if not _is_number(values["acr"]) or values["acr"] < 0:
+    if not is_number(values["acr"]) or values["acr"] < 0:
         raise ValueError(f"`certification['acr']` must be a number >= 0, got {values['acr']!r}")
     for key in ("abstain_rate", "clean_accuracy"):
-        if values.get(key) is not None and (not _is_number(values[key]) or not 0 <= values[key] <= 1):
+        if values.get(key) is not None and (not is_number(values[key]) or not 0 <= values[key] <= 1):
             raise ValueError(f"`certification['{key}']` must be a fraction in [0, 1], got {values[key]!r}")
     accuracy = values["certified_accuracy"]
     if not isinstance(accuracy, dict) or not accuracy:
@@ -187,7 +180,7 @@ def check_certification(values: object) -> dict:
             number = float(radius)
         except (TypeError, ValueError):
             number = -1.0
-        if not (math.isfinite(number) and number >= 0) or not _is_number(value) or not 0 <= value <= 1:
+        if not (math.isfinite(number) and number >= 0) or not is_number(value) or not 0 <= value <= 1:
             raise ValueError(
                 f"`certification['certified_accuracy']` must map radii >= 0 (as text, e.g. '0.25') to fractions in "
                 f"[0, 1], got {radius!r}: {value!r}"
@@ -195,7 +188,3 @@ def check_certification(values: object) -> dict:
         checked[f"{number:g}"] = float(value)
     values["certified_accuracy"] = dict(sorted(checked.items(), key=lambda item: float(item[0])))
     return values
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

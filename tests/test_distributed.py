@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from smoothing_hf.reporting import read_tsv
+from smoothing_hf.files import read_rows
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
@@ -26,7 +26,7 @@ def run_certify(output_dir, model_dir, processes: int, *extra: str) -> None:
 
 
 def without_time(path):
-    return [{k: v for k, v in row.items() if k != "time"} for row in read_tsv(path)]
+    return [{k: v for k, v in row.items() if k != "time"} for row in read_rows(path)]
 
 
 ADAPTIVE = ["--mode", "adaptive", "--max_n", "600", "--tolerance", "0.05"]

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModelForImageClassification
 
 from smoothing_hf import SmoothedImageClassifier
-from smoothing_hf.reporting import read_tsv
+from smoothing_hf.files import read_rows
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 QUIET = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--per_device_eval_batch_size", "64"]
@@ -47,7 +47,7 @@ def test_train_then_certify(method, tiny_vit_gray_dir, tmp_path):
     run_example("certify.py", "--model_name_or_path", output, "--dataset_name", "embedded:digits", "--n0", 10,
                 "--n", 50, "--alpha", 0.01, "--batch_size", 64, "--max_examples", 6, "--skip", 7,
                 "--output_dir", output / "certify")
-    rows = read_tsv(output / "certify" / "certify.tsv")
+    rows = read_rows(output / "certify" / "certify.tsv")
     assert [row["idx"] for row in rows] == [0, 7, 14, 21, 28, 35]
     summary = json.loads((output / "certify" / "summary.json").read_text())
     assert summary["num_examples"] == 6 and summary["settings"]["n"] == 50
@@ -91,3 +91,12 @@ def test_train_blackbox_then_certify(tiny_vit_gray_dir, tmp_path):
                 "--n", 50, "--alpha", 0.01, "--batch_size", 64, "--max_examples", 3, "--output_dir", output / "certify")
     summary = json.loads((output / "certify" / "summary.json").read_text())
     assert summary["num_examples"] == 3
+
+
+def test_train_base_with_the_same_seed_saves_the_same_weights(tmp_path):
+    # The base was built before any seed was set, so two runs of the README's main job gave different bases.
+    for run in ("first", "second"):
+        run_example("train_base.py", "--dataset_name", "embedded:digits", "--output_dir", tmp_path / run, "--seed", 3,
+                    "--max_steps", 1, "--per_device_train_batch_size", 8, *QUIET)
+    first, second = ((tmp_path / run / "model.safetensors").read_bytes() for run in ("first", "second"))
+    assert first == second

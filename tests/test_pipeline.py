@@ -8,7 +8,7 @@ import torch
 
 from smoothing_hf import SmoothedImageClassifier, derive_seed
 from smoothing_hf.pipeline import certify, merge_shards
-from smoothing_hf.reporting import read_tsv
+from smoothing_hf.files import read_rows
 
 SETTINGS = dict(n0=10, n=300, alpha=0.01, batch_size=128, seed=3)
 
@@ -25,7 +25,7 @@ def dataset():
 
 
 def rows_without_time(path):
-    return [{k: v for k, v in row.items() if k != "time"} for row in read_tsv(path)]
+    return [{k: v for k, v in row.items() if k != "time"} for row in read_rows(path)]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def reference(model, dataset, tmp_path_factory):
 
 def test_a_run_writes_cohens_columns_summary_and_settings(model, dataset, reference, tmp_path):
     summary = certify(model, dataset, output_dir=tmp_path, max_examples=5, skip=2, **SETTINGS)
-    rows = read_tsv(tmp_path / "certify.tsv")
+    rows = read_rows(tmp_path / "certify.tsv")
     assert [r["idx"] for r in rows] == [0, 2, 4, 6, 8]
     assert rows_without_time(tmp_path / "certify.tsv") == [r for r in reference if r["idx"] in (0, 2, 4, 6, 8)]
     assert summary["num_examples"] == 5 and summary["settings"]["n"] == 300

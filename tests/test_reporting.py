@@ -10,6 +10,7 @@ import sys
 import evaluate
 import pytest
 
+from smoothing_hf.files import read_rows, write_rows
 from smoothing_hf.report import main as report_main
 from smoothing_hf.reporting import (
     certified_accuracy_curve,
@@ -20,9 +21,7 @@ from smoothing_hf.reporting import (
     curve_styles,
     format_summary,
     plot_certified_accuracy,
-    read_tsv,
     summarize,
-    write_tsv,
 )
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -46,12 +45,12 @@ EXPECTED = {  # by hand: correct with radius >= r out of 6
 @pytest.fixture
 def rows(tmp_path):
     (tmp_path / "certify.tsv").write_text(TSV)
-    return read_tsv(tmp_path / "certify.tsv")
+    return read_rows(tmp_path / "certify.tsv")
 
 
 def run_folder(folder, rows, sigma=None):
     os.makedirs(folder)
-    write_tsv(rows, folder / "certify.tsv")
+    write_rows(rows, folder / "certify.tsv", list(rows[0]))
     if sigma is not None:
         (folder / "summary.json").write_text(json.dumps({"settings": {"sigma": sigma}}))
     return folder
@@ -73,10 +72,10 @@ def test_the_curve_steps_at_every_distinct_radius(rows):
 
 
 def test_tsv_round_trips_and_reads_cohens_time_format(rows, tmp_path):
-    write_tsv(rows, tmp_path / "copy.tsv")
-    assert read_tsv(tmp_path / "copy.tsv") == rows
+    write_rows(rows, tmp_path / "copy.tsv", list(rows[0]))
+    assert read_rows(tmp_path / "copy.tsv") == rows
     (tmp_path / "cohen.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.912\t1\t0:01:02.500000\n")
-    assert read_tsv(tmp_path / "cohen.tsv")[0]["time"] == pytest.approx(62.5)
+    assert read_rows(tmp_path / "cohen.tsv")[0]["time"] == pytest.approx(62.5)
 
 
 def test_the_evaluate_metric_agrees_with_summarize(rows):
@@ -151,7 +150,7 @@ def test_report_example_runs_end_to_end(rows, tmp_path, capsys):
 def test_bad_input_names_the_argument_or_path(rows, tmp_path):
     (tmp_path / "short.tsv").write_text("idx\tlabel\tpredict\tradius\n0\t1\t1\t0.5\n")
     with pytest.raises(ValueError, match=r"short\.tsv.*missing columns \['correct', 'time'\]"):
-        read_tsv(tmp_path / "short.tsv")
+        read_rows(tmp_path / "short.tsv")
     with pytest.raises(ValueError, match="`runs`"):
         compare_runs([])
     os.makedirs(tmp_path / "empty")
@@ -223,19 +222,19 @@ def test_report_on_folders_and_raw_tsvs_matches_hand_computed_figures(raw_runs, 
 
 
 def test_raw_tsvs_read_both_time_formats_and_keep_extra_columns(raw_runs, tmp_path):
-    assert [row["time"] for row in read_tsv(raw_runs[1])] == pytest.approx([15.4, 15.2, 14.9, 16.0])
-    assert read_tsv(raw_runs[2])[0]["time"] == pytest.approx(150.437045)  # 0:02:30.437045
+    assert [row["time"] for row in read_rows(raw_runs[1])] == pytest.approx([15.4, 15.2, 14.9, 16.0])
+    assert read_rows(raw_runs[2])[0]["time"] == pytest.approx(150.437045)  # 0:02:30.437045
     (tmp_path / "long.tsv").write_text(HEADER + "0\t1\t1\t0.5\t1\t1 day, 0:00:01.5\n")
-    assert read_tsv(tmp_path / "long.tsv")[0]["time"] == pytest.approx(86401.5)
-    ours = read_tsv(os.path.join(raw_runs[0], "certify.tsv"))
+    assert read_rows(tmp_path / "long.tsv")[0]["time"] == pytest.approx(86401.5)
+    ours = read_rows(os.path.join(raw_runs[0], "certify.tsv"))
     assert [row["samples"] for row in ours] == [1000, 3000] and isinstance(ours[0]["samples"], int)
-    write_tsv(ours, tmp_path / "copy.tsv")  # extra columns survive a round trip
-    assert read_tsv(tmp_path / "copy.tsv") == ours
-    assert read_tsv(raw_runs[4]) == []
+    write_rows(ours, tmp_path / "copy.tsv", list(ours[0]))  # extra columns survive a round trip
+    assert read_rows(tmp_path / "copy.tsv") == ours
+    assert read_rows(raw_runs[4]) == []
     with pytest.warns(UserWarning, match=r"torn\.tsv, line 5: no newline at its end.*'3\\t4\\t4\\t0\.9'"):
-        assert [row["idx"] for row in read_tsv(raw_runs[3])] == [0, 1, 2]
+        assert [row["idx"] for row in read_rows(raw_runs[3])] == [0, 1, 2]
     (tmp_path / "no_newline.tsv").write_text(HEADER.rstrip("\n"))  # a header alone, unterminated: still 0 examples
-    assert read_tsv(tmp_path / "no_newline.tsv") == []
+    assert read_rows(tmp_path / "no_newline.tsv") == []
 
 
 def test_labels_latex_and_one_plot_with_every_curve(raw_runs, tmp_path, capsys):
@@ -303,4 +302,4 @@ def test_a_malformed_line_before_the_last_is_an_error_naming_file_and_line(tmp_p
     path = tmp_path / ("empty.tsv" if not text else "bad.tsv")
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
-        read_tsv(path)
+        read_rows(path)
