@@ -74,7 +74,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(model, dataset, 
         certify(model, FailsAfter(dataset, 5), output_dir=tmp_path, **{**SETTINGS, "batch_size": 300})
     assert not (tmp_path / "certify.tsv").exists()  # nothing final is half-written
     progress = tmp_path / "progress-0.tsv"
-    assert 1 <= len(progress.read_text().splitlines()) <= 5
+    assert 1 <= len(progress.read_text().splitlines()) - 1 <= 5  # the header, then a row per finished image
     with open(progress, "a") as handle:  # a kill in the middle of a line leaves a torn row: ignored
         handle.write("11\t1\t")
     resumed = FailsAfter(dataset, 100)
@@ -149,9 +149,10 @@ def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_pa
         ({"mode": "fixed_radius", "radius": -0.25, "max_n": 500}, "needs `radius`"),
         ({"mode": "fixed_radius", "max_n": 500}, "needs `radius`"),
         ({"mode": "adaptive", "max_n": 500, "tolerance": 0.0}, "needs `tolerance`"),
-        ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "radius": 0.2}, "not both"),
+        ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "radius": 0.2}, r"\['radius'\] apply to mode 'fixed_radius' only"),
         ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "sample_parallel": True}, "splits images over processes"),
-        ({"radius": 0.25}, r"\['radius'\] apply to mode 'fixed_radius' or 'adaptive' only"),
+        ({"radius": 0.25}, r"\['radius'\] apply to mode 'fixed_radius' only"),
+        ({"max_n": 500}, r"\['max_n'\] apply to mode 'adaptive' or 'fixed_radius' only"),
     ],
 )
 def test_bad_arguments(model, dataset, tmp_path, kwargs, message):
@@ -200,3 +201,17 @@ def test_certify_reports_through_the_evaluate_metric(model, dataset, tmp_path):
     summary = certify(model, dataset, output_dir=tmp_path, evaluate_metric=metric, **SETTINGS)
     assert summary["evaluate"]["acr"] == pytest.approx(summary["acr"])
     assert summary["evaluate"]["certified_accuracy@0.5"] == pytest.approx(summary["certified_accuracy"]["0.5"])
+
+
+def test_a_row_appended_after_a_torn_line_does_not_join_it(model, dataset, reference, tmp_path):
+    # A torn progress line followed by a second interruption used to join the next row ("11\t1\t" + "4\t...").
+    with pytest.raises(RuntimeError, match="killed"):
+        certify(model, FailsAfter(dataset, 2), output_dir=tmp_path, **SETTINGS)
+    progress = tmp_path / "progress-0.tsv"
+    with open(progress, "a") as handle:
+        handle.write("11\t1\t")
+    with pytest.raises(RuntimeError, match="killed"):
+        certify(model, FailsAfter(dataset, 2), output_dir=tmp_path, **SETTINGS)
+    assert [row["idx"] for row in read_rows(progress, ("idx", "label", "predict", "radius"))] == [0, 1, 2, 3]
+    certify(model, dataset, output_dir=tmp_path, **SETTINGS)
+    assert rows_without_time(tmp_path / "certify.tsv") == reference
