@@ -28,7 +28,7 @@ from transformers import AutoConfig, TrainingArguments
 
 from .baselines import DenoiserTrainer, DiffusionDenoiser, DnCNN
 from .data import ImageClassificationTransform, check_labels
-from .files import write_json, write_text
+from .files import read_json, write_json, write_text
 from .methods import METHODS, trainable_parameters
 from .modeling import SmoothedImageClassifier
 from .pipeline import certify
@@ -138,7 +138,7 @@ def _certify(model: SmoothedImageClassifier, validation: Any, settings: Comparis
     """Certify the comparison's images into ``output_dir``, unless a whole run is there already (a resumed
     run's summary would not know the throughput of the samples drawn before)."""
     expected = len(range(0, len(validation), settings.skip)[: settings.max_examples])
-    if _read_json(os.path.join(output_dir, "summary.json")).get("num_examples") == expected:
+    if read_json(os.path.join(output_dir, "summary.json"), missing_ok=True).get("num_examples") == expected:
         return
     certify(
         model, validation.with_transform(ImageClassificationTransform.for_model(model)), n0=settings.n0, n=settings.n,
@@ -265,8 +265,8 @@ def comparison_rows(runs: Mapping[str, Sequence[str | os.PathLike]], radii: Sequ
         if not folders:
             raise ValueError(f"run {name!r} has no folders")
         summaries = [summarize_run(read_run(os.path.join(f, CERTIFY_DIR), name), radii) for f in folders]
-        trained = [_read_json(os.path.join(f, TRAIN_RESULTS_NAME)) for f in folders]
-        certified = [_read_json(os.path.join(f, CERTIFY_DIR, "summary.json")) for f in folders]
+        trained = [read_json(os.path.join(f, TRAIN_RESULTS_NAME), missing_ok=True) for f in folders]
+        certified = [read_json(os.path.join(f, CERTIFY_DIR, "summary.json"), missing_ok=True) for f in folders]
         accuracy = {key: [s["certified_accuracy"][key] for s in summaries] for key in summaries[0]["certified_accuracy"]}
         acr = [s["acr"] for s in summaries]
         rows.append({
@@ -362,13 +362,6 @@ def _certification_note(settings: Mapping[str, Any] | None, rows: Sequence[dict]
         f" Certified: {images} held-out images, n0 = {settings['n0']:,}, n = {settings['n']:,}, alpha = {settings['alpha']:g}; "
         f"with this n no radius above sigma * Phi^-1(alpha^(1/n)) = {ceiling:.3f} can be certified."
     )
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
