@@ -19,29 +19,33 @@ Several CPU processes: ``torchrun --nproc_per_node 2 -- examples/certify.py ...`
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 
-from smoothing_hf import SMOOTHING_CONFIG_NAME, SmoothedImageClassifier
-from smoothing_hf.data import ImageClassificationTransform, check_labels, load_image_dataset
+from smoothing_hf import (
+    SMOOTHING_CONFIG_NAME,
+    ImageClassificationTransform,
+    SmoothedImageClassifier,
+    certify,
+    check_labels,
+)
+from smoothing_hf.data import EvaluationDatasetArguments
 from smoothing_hf.hub import update_results
-from smoothing_hf.pipeline import certify
 from smoothing_hf.reporting import format_summary
 
 
 @dataclass
 class CertifyArguments:
-    model_name_or_path: str = field(metadata={"help": "A saved smoothing model (folder or Hub id), or a base model with --sigma."})
-    output_dir: str = field(metadata={"help": "Where certify.tsv and summary.json go."})
-    sigma: float | None = field(default=None, metadata={"help": "Noise std in [0, 1] pixels (a saved smoothing model brings its own)."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id or embedded:mnist / embedded:digits."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    validation_dir: str | None = field(
-        default=None, metadata={"help": "Image folder to certify (one subfolder per class)."}
+    model_name_or_path: str = field(
+        metadata={"help": "A saved smoothing model (folder or Hub id), or a base model with --sigma."}
     )
-    split: str = field(default="validation", metadata={"help": "Split to certify: validation or train."})
+    output_dir: str = field(metadata={"help": "Where certify.tsv and summary.json go."})
+    sigma: float | None = field(
+        default=None, metadata={"help": "Noise std in [0, 1] pixels (a saved smoothing model brings its own)."}
+    )
     n0: int = field(default=100, metadata={"help": "Selection samples per image."})
     n: int = field(default=100_000, metadata={"help": "Estimation samples per image."})
     alpha: float = field(default=0.001, metadata={"help": "Failure probability of each certificate."})
@@ -56,18 +60,24 @@ class CertifyArguments:
     )
     mode: str = field(
         default="certify",
-        metadata={"help": "certify (CERTIFY, radii), predict (PREDICT, abstentions), fixed_radius (is each image robust "
-                  "at --radius?) or adaptive (CERTIFY with adaptive sample sizes, --tolerance)."},
+        metadata={"help": "certify (CERTIFY, radii), predict (PREDICT, abstentions), fixed_radius (is each image "
+                  "robust at --radius?) or adaptive (CERTIFY with adaptive sample sizes, --tolerance)."},
     )
-    radius: float | None = field(default=None, metadata={"help": "fixed_radius mode: the l2 radius to test (pixels in [0, 1])."})
-    max_n: int | None = field(default=None, metadata={"help": "fixed_radius / adaptive modes: most estimation samples per image."})
+    radius: float | None = field(
+        default=None, metadata={"help": "fixed_radius mode: the l2 radius to test (pixels in [0, 1])."}
+    )
+    max_n: int | None = field(
+        default=None, metadata={"help": "fixed_radius / adaptive modes: most estimation samples per image."}
+    )
     tolerance: float | None = field(
-        default=None, metadata={"help": "adaptive mode: stop when the next round would raise the radius by less than this."}
+        default=None,
+        metadata={"help": "adaptive mode: stop when the next round would raise the radius by less than this."},
     )
     growth: float = field(default=4.0, metadata={"help": "fixed_radius / adaptive modes: factor between round sizes."})
     update_model_card: bool = field(
         default=False,
-        metadata={"help": "Write the results into the smoothing_config.json and README.md of --model_name_or_path (a saved folder)."},
+        metadata={"help": "Write the results into the smoothing_config.json and README.md of --model_name_or_path "
+                  "(a saved folder)."},
     )
 
     def __post_init__(self) -> None:  # fail before certifying, not after
@@ -80,11 +90,14 @@ class CertifyArguments:
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(CertifyArguments).parse_args_into_dataclasses()
-    dataset = load_image_dataset(  # a folder is read as both splits: its "validation" split is all of it
-        args.dataset_name, dataset_config_name=args.dataset_config_name,
-        train_dir=args.validation_dir, validation_dir=args.validation_dir,
-    )[args.split]
+    parser = HfArgumentParser((CertifyArguments, EvaluationDatasetArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # the arguments as one JSON file
+        args, data_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        args, data_args = parser.parse_args_into_dataclasses()
+    set_seed(args.seed)
+
+    dataset = data_args.load_split()
     model = SmoothedImageClassifier.from_pretrained(args.model_name_or_path, sigma=args.sigma)
     check_labels(dataset, model.num_labels)
     summary = certify(
@@ -97,8 +110,9 @@ def main() -> None:
     if PartialState().is_main_process:
         samples = summary["samples_per_image"]
         budget = f"n = {args.n}" if args.max_n is None else f"max_n = {args.max_n}"
-        print(f"sigma = {model.sigma}, n0 = {args.n0}, {budget}, alpha = {args.alpha}, {summary['num_examples']} examples, "
-              f"samples per image: mean {samples['mean']:.0f}, median {samples['median']:.0f}")
+        print(f"sigma = {model.sigma}, n0 = {args.n0}, {budget}, alpha = {args.alpha}, "
+              f"{summary['num_examples']} examples, samples per image: mean {samples['mean']:.0f}, "
+              f"median {samples['median']:.0f}")
         if args.mode in ("certify", "adaptive"):
             print(format_summary(summary))
         elif args.mode == "fixed_radius":
@@ -106,7 +120,7 @@ def main() -> None:
         else:
             print(f"accuracy {summary['accuracy']:.4f}, abstain {summary['abstain_rate']:.4f}")
         if args.update_model_card:
-            update_results(args.model_name_or_path, summary, dataset_name=args.dataset_name or args.validation_dir, split=args.split)
+            update_results(args.model_name_or_path, summary, dataset_name=data_args.source, split=data_args.split)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from PIL import Image
 
+from .checks import check_choice
+
 if TYPE_CHECKING:
     from .modeling import SmoothedImageClassifier
 
@@ -61,8 +63,9 @@ class DatasetArguments:
 
     @property
     def source(self) -> str | None:
-        """The dataset's name for records and model cards: the Hub id or the training folder."""
-        return self.dataset_name or self.train_dir
+        """The dataset's name for records and model cards: the Hub id, the training folder or, for an
+        evaluation folder given alone, the validation folder."""
+        return self.dataset_name or self.train_dir or self.validation_dir
 
     def load(self) -> DatasetDict:
         """``load_image_dataset`` of these arguments: splits "train" and "validation"."""
@@ -70,6 +73,43 @@ class DatasetArguments:
             self.dataset_name, dataset_config_name=self.dataset_config_name, train_dir=self.train_dir,
             validation_dir=self.validation_dir, image_column=self.image_column, label_column=self.label_column,
         )
+
+
+EVALUATION_SPLITS = ("validation", "train")
+"""The splits ``EvaluationDatasetArguments.split`` may name."""
+
+
+@dataclass
+class EvaluationDatasetArguments(DatasetArguments):
+    """The data to evaluate (certify, attack, Grad-CAM) on a command line: ``DatasetArguments`` and the split.
+
+    The sources are those of ``DatasetArguments``, plus one: ``validation_dir`` alone (no ``train_dir``, no
+    ``dataset_name``) is a folder to evaluate, read whole as both splits. With ``train_dir`` alone,
+    "validation" is the part of it that ``load_image_dataset`` holds out (the one a training run on the same
+    folder validated on).
+    """
+
+    validation_dir: str | None = field(
+        default=None,
+        metadata={"help": "Image folder to evaluate (one subfolder per class); with --train_dir, its validation set."},
+    )
+    split: str = field(default="validation", metadata={"help": f"Split to evaluate: {' or '.join(EVALUATION_SPLITS)}."})
+
+    def __post_init__(self) -> None:
+        check_choice(self.split, "split", EVALUATION_SPLITS)
+
+    def load_split(self) -> Dataset:
+        """The ``split`` of ``load()``, or the whole ``validation_dir`` when it is the only source.
+
+        Raises:
+            ValueError: as ``load_image_dataset`` (no source, two sources, ...).
+        """
+        if self.validation_dir is not None and self.train_dir is None and self.dataset_name is None:
+            return load_image_dataset(
+                dataset_config_name=self.dataset_config_name, train_dir=self.validation_dir,
+                validation_dir=self.validation_dir, image_column=self.image_column, label_column=self.label_column,
+            )[self.split]
+        return self.load()[self.split]
 
 
 def load_image_dataset(
