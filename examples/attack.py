@@ -10,37 +10,49 @@ the attacked images with PREDICT (``--n``, ``--alpha``), and writes ``attack.tsv
 accuracy of the same images comes from ``--certify_dir`` (an ``examples/certify.py`` output whose examples
 include these), or else from a certification run here into ``<output_dir>/certify`` (``--n0``,
 ``--certify_n``). Prints the table: empirical robust accuracy, certified accuracy and the gap per radius.
+Every argument is checked before anything runs: a bad one writes nothing.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 
-from smoothing_hf import SmoothedImageClassifier
-from smoothing_hf.attacks import ATTACK_RADII, attack_dataset, robustness_markdown
-from smoothing_hf.data import ImageClassificationTransform, check_labels, load_image_dataset
-from smoothing_hf.pipeline import certify
+from smoothing_hf import ImageClassificationTransform, SmoothedImageClassifier, attack_dataset, certify, check_labels
+from smoothing_hf.attacks import ATTACK_RADII, robustness_markdown
+from smoothing_hf.checks import (
+    check_alpha,
+    check_number,
+    check_optional_positive_int,
+    check_positive_int,
+    check_seed,
+    check_sigma,
+)
+from smoothing_hf.data import EvaluationDatasetArguments
 from smoothing_hf.reporting import CERTIFY_TSV
 
 
 @dataclass
 class AttackArguments:
-    model_name_or_path: str = field(metadata={"help": "A saved smoothing model (folder or Hub id), or a base model with --sigma."})
+    model_name_or_path: str = field(
+        metadata={"help": "A saved smoothing model (folder or Hub id), or a base model with --sigma."}
+    )
     output_dir: str = field(metadata={"help": "Where attack.tsv, summary.json and robustness.png go."})
-    sigma: float | None = field(default=None, metadata={"help": "Noise std in [0, 1] pixels (a saved smoothing model brings its own)."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id or embedded:mnist / embedded:digits."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Image folder to attack (one subfolder per class)."})
-    split: str = field(default="validation", metadata={"help": "Split to attack: validation or train."})
+    sigma: float | None = field(
+        default=None, metadata={"help": "Noise std in [0, 1] pixels (a saved smoothing model brings its own)."}
+    )
     radii: list[float] = field(
-        default_factory=lambda: list(ATTACK_RADII), metadata={"help": "Attack radii epsilon (l2, pixels in [0, 1]); 0 is no attack."}
+        default_factory=lambda: list(ATTACK_RADII),
+        metadata={"help": "Attack radii epsilon (l2, pixels in [0, 1]); 0 is no attack."},
     )
     steps: int = field(default=20, metadata={"help": "PGD steps of SmoothAdv."})
     num_noise: int = field(default=8, metadata={"help": "Noise draws per image per PGD step (m)."})
-    step_size: float | None = field(default=None, metadata={"help": "l2 length of a PGD step (default 2 * epsilon / steps)."})
+    step_size: float | None = field(
+        default=None, metadata={"help": "l2 length of a PGD step (default 2 * epsilon / steps)."}
+    )
     n: int = field(default=1000, metadata={"help": "PREDICT's noise samples per attacked image."})
     alpha: float = field(default=0.001, metadata={"help": "PREDICT's (and the certification's) failure probability."})
     batch_size: int = field(default=256, metadata={"help": "Noisy samples per forward pass."})
@@ -48,26 +60,50 @@ class AttackArguments:
     max_examples: int | None = field(default=None, metadata={"help": "Attack at most this many examples."})
     skip: int = field(default=1, metadata={"help": "Attack every skip-th example."})
     certify_dir: str | None = field(
-        default=None, metadata={"help": "A certification output (certify.tsv) that covers these examples; else they are certified here."}
+        default=None,
+        metadata={"help": "A certification output (certify.tsv) covering these examples; else certified here."},
     )
     n0: int = field(default=100, metadata={"help": "Selection samples per image, when certifying here."})
     certify_n: int = field(default=10_000, metadata={"help": "Estimation samples per image, when certifying here."})
 
+    def __post_init__(self) -> None:  # fail before certifying and attacking, not after
+        if self.sigma is not None:
+            check_sigma(self.sigma)
+        if not self.radii:
+            raise ValueError("`radii` must be one or more l2 radii >= 0 (pixels in [0, 1]), got none")
+        for radius in self.radii:
+            check_number(radius, "radii", minimum=0, unit="l2, pixels in [0, 1]")
+        if self.step_size is not None:
+            check_number(self.step_size, "step_size", minimum=0, strict_minimum=True, unit="l2, pixels in [0, 1]")
+        for name in ("steps", "num_noise", "n", "batch_size", "skip", "n0", "certify_n"):
+            check_positive_int(getattr(self, name), name)
+        check_optional_positive_int(self.max_examples, "max_examples")
+        check_alpha(self.alpha)
+        check_seed(self.seed)
+        if self.certify_dir is not None and not os.path.isfile(os.path.join(self.certify_dir, CERTIFY_TSV)):
+            raise ValueError(
+                f"`certify_dir` must be an examples/certify.py output folder (with a {CERTIFY_TSV}), "
+                f"got {self.certify_dir!r}"
+            )
+
 
 def main() -> None:
-    (args,) = HfArgumentParser(AttackArguments).parse_args_into_dataclasses()
-    dataset = load_image_dataset(  # a folder is read as both splits: its "validation" split is all of it
-        args.dataset_name, dataset_config_name=args.dataset_config_name,
-        train_dir=args.validation_dir, validation_dir=args.validation_dir,
-    )[args.split]
+    parser = HfArgumentParser((AttackArguments, EvaluationDatasetArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # the arguments as one JSON file
+        args, data_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        args, data_args = parser.parse_args_into_dataclasses()
+    set_seed(args.seed)
+
+    dataset = data_args.load_split()
     model = SmoothedImageClassifier.from_pretrained(args.model_name_or_path, sigma=args.sigma)
     check_labels(dataset, model.num_labels)
     dataset = dataset.with_transform(ImageClassificationTransform.for_model(model))
     certify_dir = args.certify_dir
     if certify_dir is None:
         certify_dir = os.path.join(args.output_dir, "certify")
-        certify(model, dataset, n0=args.n0, n=args.certify_n, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
-                output_dir=certify_dir, max_examples=args.max_examples, skip=args.skip)
+        certify(model, dataset, n0=args.n0, n=args.certify_n, alpha=args.alpha, batch_size=args.batch_size,
+                seed=args.seed, output_dir=certify_dir, max_examples=args.max_examples, skip=args.skip)
     summary = attack_dataset(
         model, dataset, output_dir=args.output_dir, radii=args.radii, num_noise=args.num_noise, steps=args.steps,
         step_size=args.step_size, n=args.n, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
@@ -78,7 +114,8 @@ def main() -> None:
     print(robustness_markdown(summary))
     violations = {r: count for r, count in summary["certificate_violations"].items() if count}
     if violations:
-        print(f"certificate violations (certified beyond epsilon, attacked into another class) per radius: {violations}")
+        print(f"certificate violations (certified beyond epsilon, attacked into another class) per radius: "
+              f"{violations}")
 
 
 if __name__ == "__main__":

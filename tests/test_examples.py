@@ -3,6 +3,7 @@
 import json
 import os
 import runpy
+import subprocess
 import sys
 
 import pytest
@@ -100,3 +101,30 @@ def test_train_base_with_the_same_seed_saves_the_same_weights(tmp_path):
                     "--max_steps", 1, "--per_device_train_batch_size", 8, *QUIET)
     first, second = ((tmp_path / run / "model.safetensors").read_bytes() for run in ("first", "second"))
     assert first == second
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [(["--steps", 0], "`steps` must be a positive int"), (["--num_noise", -1], "`num_noise` must be a positive int"),
+     (["--radii", 0.5, -0.25], "`radii` must be a finite number >= 0"), (["--n", 0], "`n` must be a positive int"),
+     (["--alpha", 1.5], "`alpha` must be"), (["--step_size", 0], "`step_size` must be"),
+     (["--certify_dir", "missing"], "`certify_dir` must be an examples/certify.py output folder"),
+     (["--split", "test"], "`split` must be one of")],
+)
+def test_attack_checks_its_arguments_before_it_certifies_or_writes(bad, message, tiny_vit_gray_dir, tmp_path):
+    # attack.py used to certify the examples into <output_dir>/certify first and fail on a bad argument after.
+    with pytest.raises(ValueError, match=message):
+        run_example("attack.py", "--model_name_or_path", tiny_vit_gray_dir, "--sigma", 0.25, "--dataset_name",
+                    "embedded:digits", "--max_examples", 2, "--certify_n", 20, "--output_dir", tmp_path / "out", *bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_attack_with_a_bad_argument_exits_non_zero_and_writes_nothing(tiny_vit_gray_dir, tmp_path):
+    script = os.path.join(EXAMPLES, "attack.py")
+    finished = subprocess.run(
+        [sys.executable, script, "--model_name_or_path", tiny_vit_gray_dir, "--sigma", "0.25", "--dataset_name",
+         "embedded:digits", "--steps", "0", "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert finished.returncode != 0 and "`steps` must be a positive int" in finished.stderr
+    assert not (tmp_path / "out").exists()
