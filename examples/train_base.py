@@ -5,11 +5,17 @@ Builds a small ViT (or ResNet) from a config, trains it on clean (noise-free) im
 ``SmoothedImageClassifier.from_pretrained`` then loads exactly like ``google/vit-base-patch16-224``.
 
     python examples/train_base.py --dataset_name embedded:mnist --model_type vit --output_dir runs/base-vit
+
+``--seed`` (``TrainingArguments``) is set before the model is built, so two runs with the same seed save the
+same weights. The Trainer's metrics and state go to ``train_results.json``, ``eval_results.json``,
+``all_results.json`` and ``trainer_state.json`` beside the model. ``--max_train_samples`` /
+``--max_eval_samples`` truncate the splits (quick tests); the arguments may also come as one JSON file.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,10 +33,11 @@ from transformers import (
     ViTForImageClassification,
     ViTImageProcessorPil,
     default_data_collator,
+    set_seed,
 )
 
-from smoothing_hf import SmoothedImageClassifier
-from smoothing_hf.data import ImageClassificationTransform, class_names, load_image_dataset
+from smoothing_hf import ImageClassificationTransform, SmoothedImageClassifier, class_names, load_image_dataset
+from smoothing_hf.checks import check_choice, check_optional_positive_int
 from smoothing_hf.trainer import noisy_accuracy
 
 ARCHITECTURES = {
@@ -49,17 +56,26 @@ ARCHITECTURES = {
 
 @dataclass
 class BaseArguments:
-    dataset_name: str = field(default="embedded:mnist", metadata={"help": "Hub dataset id or embedded:mnist / embedded:digits."})
+    dataset_name: str = field(
+        default="embedded:mnist", metadata={"help": "Hub dataset id or embedded:mnist / embedded:digits."}
+    )
     model_type: str = field(default="vit", metadata={"help": f"Architecture: {sorted(ARCHITECTURES)}."})
     image_size: int = field(default=28, metadata={"help": "Input height and width."})
     num_channels: int = field(default=1, metadata={"help": "Input channels (1 grayscale, 3 RGB)."})
     image_mean: float = field(default=0.1307, metadata={"help": "Normalization mean of the processor (all channels)."})
     image_std: float = field(default=0.3081, metadata={"help": "Normalization std of the processor (all channels)."})
     max_shift: int = field(default=1, metadata={"help": "Random translation augmentation, in pixels (0: none)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on this many examples only (a random choice at --seed): for tests."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first this many validation examples only: for tests."}
+    )
 
     def __post_init__(self) -> None:
-        if self.model_type not in ARCHITECTURES:
-            raise ValueError(f"`model_type` must be one of {sorted(ARCHITECTURES)}, got {self.model_type!r}")
+        check_choice(self.model_type, "model_type", ARCHITECTURES)
+        check_optional_positive_int(self.max_train_samples, "max_train_samples")
+        check_optional_positive_int(self.max_eval_samples, "max_eval_samples")
 
 
 def random_shift_collator(max_shift: int) -> callable:
@@ -80,10 +96,23 @@ def random_shift_collator(max_shift: int) -> callable:
 
 
 def main() -> None:
-    base_args, training_args = HfArgumentParser((BaseArguments, TrainingArguments)).parse_args_into_dataclasses()
+    parser = HfArgumentParser((BaseArguments, TrainingArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # the arguments as one JSON file
+        base_args, training_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        base_args, training_args = parser.parse_args_into_dataclasses()
+    set_seed(training_args.seed)  # before the model is built: its initial weights are random
+
     dataset = load_image_dataset(base_args.dataset_name)
+    if base_args.max_train_samples is not None:  # as transformers' run_image_classification.py does
+        size = min(base_args.max_train_samples, len(dataset["train"]))
+        dataset["train"] = dataset["train"].shuffle(seed=training_args.seed).select(range(size))
+    if base_args.max_eval_samples is not None:
+        size = min(base_args.max_eval_samples, len(dataset["validation"]))
+        dataset["validation"] = dataset["validation"].select(range(size))
     names = class_names(dataset)
-    labels = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    labels = {"num_labels": len(names), "id2label": dict(enumerate(names)),
+              "label2id": {name: i for i, name in enumerate(names)}}
     model = ARCHITECTURES[base_args.model_type](base_args.num_channels, base_args.image_size, labels)
     processor = ViTImageProcessorPil(
         size={"height": base_args.image_size, "width": base_args.image_size},
@@ -105,11 +134,17 @@ def main() -> None:
         data_collator=random_shift_collator(base_args.max_shift) if base_args.max_shift else default_data_collator,
         compute_metrics=noisy_accuracy,
     )
-    trainer.train()
+    train_output = trainer.train()
     metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        wrapper.model.save_pretrained(training_args.output_dir)
+        processor.save_pretrained(training_args.output_dir)
+    trainer.log_metrics("train", train_output.metrics)  # log_metrics, save_metrics, save_state: main process only
+    trainer.save_metrics("train", train_output.metrics)
+    trainer.save_state()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
     print(f"clean validation accuracy of the base: {metrics['eval_accuracy']:.4f}")
-    wrapper.model.save_pretrained(training_args.output_dir)
-    processor.save_pretrained(training_args.output_dir)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def test_train_base_with_the_same_seed_saves_the_same_weights(tmp_path):
     # The base was built before any seed was set, so two runs of the README's main job gave different bases.
     for run in ("first", "second"):
         run_example("train_base.py", "--dataset_name", "embedded:digits", "--output_dir", tmp_path / run, "--seed", 3,
-                    "--max_steps", 1, "--per_device_train_batch_size", 8, *QUIET)
+                    "--max_train_samples", 16, "--max_eval_samples", 8, "--num_train_epochs", 1,
+                    "--per_device_train_batch_size", 8, *QUIET)
     first, second = ((tmp_path / run / "model.safetensors").read_bytes() for run in ("first", "second"))
     assert first == second
 
