@@ -4,23 +4,31 @@
         --dataset_name cifar10 --new_head --method lora --sigma 0.25 --output_dir runs/vit-lora-0.25
 
 Offline, on the embedded data (``embedded:mnist``, ``embedded:digits``) and a local base folder, see the
-README. Saves the adapter, the image processor and ``smoothing_config.json`` in ``--output_dir``, and
-``train_results.json`` with accuracy under noise before and after training and the trainable share.
+README. Saves the adapter, the image processor and ``smoothing_config.json`` in ``--output_dir``, and with
+the Trainer's ``save_metrics`` / ``save_state``: ``train_results.json`` (the Trainer's training metrics, the
+accuracy under noise before and after training, the trainable share), ``eval_results.json``, ``all_results.json``
+and ``trainer_state.json``. The arguments may also come as one JSON file: ``python examples/train.py args.json``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
+import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from smoothing_hf import SmoothedImageClassifier, SmoothingTrainer
-from smoothing_hf.data import DatasetArguments, ImageClassificationTransform, check_labels, class_names
-from smoothing_hf.files import write_json
-from smoothing_hf.methods import METHODS, trainable_parameters
+from smoothing_hf import (
+    METHODS,
+    DatasetArguments,
+    ImageClassificationTransform,
+    SmoothedImageClassifier,
+    SmoothingTrainer,
+    check_labels,
+    class_names,
+    trainable_parameters,
+)
 
 
 @dataclass
@@ -30,7 +38,8 @@ class ModelArguments:
     method_options: str = field(default="{}", metadata={"help": 'JSON options of the method, e.g. \'{"r": 16}\'.'})
     sigma: float = field(default=0.25, metadata={"help": "Noise std in [0, 1] pixel units."})
     new_head: bool = field(
-        default=False, metadata={"help": "Joint adaptation: a new head for the dataset's labels, trained with the adapter."}
+        default=False,
+        metadata={"help": "Joint adaptation: a new head for the dataset's labels, trained with the adapter."},
     )
     model_revision: str | None = field(default=None, metadata={"help": "Revision of the base model on the Hub."})
 
@@ -45,7 +54,12 @@ class SmoothingArguments:
 
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DatasetArguments, SmoothingArguments, TrainingArguments))
-    model_args, data_args, smoothing_args, training_args = parser.parse_args_into_dataclasses()
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # the arguments as one JSON file
+        arguments = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        arguments = parser.parse_args_into_dataclasses()
+    model_args, data_args, smoothing_args, training_args = arguments
+    set_seed(training_args.seed)  # before the model is built: a new head and the adapter start from random weights
 
     dataset = data_args.load()
     model = SmoothedImageClassifier.from_pretrained(
@@ -68,16 +82,14 @@ def main() -> None:
         processing_class=model.image_processor,
     )
     before = trainer.evaluate(metric_key_prefix="before")
-    started = time.perf_counter()
     train_output = trainer.train()
-    training_seconds = time.perf_counter() - started
     after = trainer.evaluate()
     trainable, total = trainable_parameters(model)
-    results = {
-        "method": model_args.method, "sigma": model_args.sigma,
+    metrics = {
+        **train_output.metrics, "method": model_args.method, "sigma": model_args.sigma,
         "noisy_accuracy_before": before["before_accuracy"], "noisy_accuracy_after": after["eval_accuracy"],
         "trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total,
-        "training_seconds": training_seconds,
+        "training_seconds": train_output.metrics["train_runtime"],
     }
     model.record_training(
         dataset_name=data_args.source, steps=train_output.global_step,
@@ -86,8 +98,11 @@ def main() -> None:
     )
     if trainer.is_world_process_zero():
         model.save_pretrained(training_args.output_dir)
-        write_json(results, os.path.join(training_args.output_dir, "train_results.json"))
-        print(json.dumps(results, indent=2))
+    trainer.log_metrics("train", metrics)  # log_metrics, save_metrics and save_state act on the main process only
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    trainer.log_metrics("eval", {**before, **after})
+    trainer.save_metrics("eval", {**before, **after})
 
 
 if __name__ == "__main__":

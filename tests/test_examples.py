@@ -129,3 +129,20 @@ def test_attack_with_a_bad_argument_exits_non_zero_and_writes_nothing(tiny_vit_g
     )
     assert finished.returncode != 0 and "`steps` must be a positive int" in finished.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_train_takes_its_arguments_as_one_json_file_and_saves_the_trainer_metrics(tiny_vit_gray_dir, tmp_path):
+    arguments = {"model_name_or_path": tiny_vit_gray_dir, "dataset_name": "embedded:digits", "method": "lora",
+                 "sigma": 0.5, "output_dir": str(tmp_path / "out"), "max_steps": 1, "per_device_train_batch_size": 8,
+                 "per_device_eval_batch_size": 64, "report_to": "none", "save_strategy": "no", "disable_tqdm": True}
+    (tmp_path / "args.json").write_text(json.dumps(arguments))
+    run_example("train.py", tmp_path / "args.json")
+    results = json.loads((tmp_path / "out" / "train_results.json").read_text())
+    assert results["method"] == "lora" and results["sigma"] == 0.5 and "train_runtime" in results
+    assert results["training_seconds"] == results["train_runtime"] and 0 < results["trainable_share"] < 1
+    evaluation = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert evaluation["eval_accuracy"] == results["noisy_accuracy_after"]
+    assert evaluation["before_accuracy"] == results["noisy_accuracy_before"]
+    assert json.loads((tmp_path / "out" / "all_results.json").read_text()).keys() == results.keys() | evaluation.keys()
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 1
+    assert SmoothedImageClassifier.from_pretrained(tmp_path / "out").sigma == 0.5
