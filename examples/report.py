@@ -8,11 +8,13 @@ Each run is ``name=path`` (or just ``path``): a folder written by ``examples/cer
 ``report.md``, ``report.tex`` (booktabs) and ``certified_accuracy.png`` (all curves) into ``--output_dir``
 and prints the Markdown table; the best value per column is marked (``*`` in Markdown, bold in LaTeX).
 Radii are l2 distances in [0, 1] pixel space. To print one table without writing files:
-``python -m smoothing_hf.report PATH [PATH ...]``.
+``python -m smoothing_hf.report PATH [PATH ...]``. The arguments may also come as one JSON file.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
@@ -22,13 +24,18 @@ from smoothing_hf.reporting import COMPARISON_RADII, write_report
 
 @dataclass
 class ReportArguments:
-    runs: list[str] = field(metadata={"help": "Runs to compare, each name=path (or path): a certify output folder or a TSV file."})
+    runs: list[str] = field(
+        metadata={"help": "Runs to compare, each name=path (or path): a certify output folder or a TSV file."}
+    )
     output_dir: str = field(metadata={"help": "Where report.md, report.tex and certified_accuracy.png go."})
     radii: list[float] = field(
-        default_factory=lambda: list(COMPARISON_RADII), metadata={"help": "l2 radii (pixels in [0, 1]) of the table's columns."}
+        default_factory=lambda: list(COMPARISON_RADII),
+        metadata={"help": "l2 radii (pixels in [0, 1]) of the table's columns."},
     )
     max_radius: float | None = field(
-        default=None, metadata={"help": "End of the plot's radius axis (default: the first multiple of 0.25 past the largest radius)."}
+        default=None,
+        metadata={"help": "End of the plot's radius axis (default: the first multiple of 0.25 past the largest "
+                  "radius)."},
     )
 
 
@@ -43,7 +50,11 @@ def parse_runs(runs: list[str]) -> dict[str, str]:
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(ReportArguments).parse_args_into_dataclasses()
+    parser = HfArgumentParser(ReportArguments)
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # the arguments as one JSON file
+        (args,) = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    else:
+        (args,) = parser.parse_args_into_dataclasses()
     print(write_report(parse_runs(args.runs), args.output_dir, radii=args.radii, max_radius=args.max_radius))
 
 
