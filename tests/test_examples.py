@@ -26,8 +26,8 @@ def run_example(script: str, *args: str) -> None:
 
 
 def test_train_base_writes_an_ordinary_model_folder(tmp_path):
-    run_example("train_base.py", "--model_type", "resnet", "--dataset_name", "embedded:digits", "--output_dir", tmp_path,
-                "--max_steps", 2, "--per_device_train_batch_size", 8, *QUIET)
+    run_example("train_base.py", "--model_type", "resnet", "--dataset_name", "embedded:digits",
+                "--output_dir", tmp_path, "--max_steps", 2, "--per_device_train_batch_size", 8, *QUIET)
     model = AutoModelForImageClassification.from_pretrained(tmp_path)
     assert model.config.num_labels == 10 and model.config.num_channels == 1
 
@@ -67,7 +67,8 @@ def test_a_dataset_whose_labels_do_not_fit_the_head_is_an_error(tmp_path):
     from transformers import ViTImageProcessorPil
 
     tiny_vit(num_channels=1, num_labels=5).save_pretrained(tmp_path / "base")
-    ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(tmp_path / "base")
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5])
+    processor.save_pretrained(tmp_path / "base")
     with pytest.raises(ValueError, match="num_labels=5"):
         run_example("train.py", "--model_name_or_path", tmp_path / "base", "--dataset_name", "embedded:digits",
                     "--output_dir", tmp_path / "out", "--max_steps", 1, *QUIET)
@@ -75,7 +76,8 @@ def test_a_dataset_whose_labels_do_not_fit_the_head_is_an_error(tmp_path):
 
 def test_train_blackbox_then_certify(tiny_vit_gray_dir, tmp_path):
     output = tmp_path / "blackbox"
-    run_example("train_blackbox.py", "--target_model_name_or_path", tiny_vit_gray_dir, "--dataset_name", "embedded:digits",
+    run_example("train_blackbox.py", "--target_model_name_or_path", tiny_vit_gray_dir,
+                "--dataset_name", "embedded:digits",
                 "--sigma", 0.25, "--output_dir", output, "--steps", 2, "--batch_size", 8, "--num_directions", 2,
                 "--autoencoder_steps", 3, "--eval_batch_size", 120, "--disable_tqdm", "true")
     results = json.loads((output / "train_results.json").read_text())
@@ -146,3 +148,22 @@ def test_train_takes_its_arguments_as_one_json_file_and_saves_the_trainer_metric
     assert json.loads((tmp_path / "out" / "all_results.json").read_text()).keys() == results.keys() | evaluation.keys()
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 1
     assert SmoothedImageClassifier.from_pretrained(tmp_path / "out").sigma == 0.5
+
+
+def test_certify_takes_an_image_folder_given_as_validation_dir_alone(tiny_vit_gray_dir, tmp_path, monkeypatch):
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+
+    for label in ("0", "1"):  # class subfolders, as the "imagefolder" builder reads them
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for k in range(2):
+            pixels = np.full((28, 28), 60 * k + 100 * int(label), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{k}.png")
+    run_example("certify.py", "--model_name_or_path", tiny_vit_gray_dir, "--sigma", 0.25, "--validation_dir",
+                tmp_path / "images", "--n0", 8, "--n", 16, "--alpha", 0.1, "--batch_size", 16,
+                "--output_dir", tmp_path / "certify")
+    rows = read_rows(tmp_path / "certify" / "certify.tsv")
+    assert [row["label"] for row in rows] == [0, 0, 1, 1]  # the whole folder, not a held-out part of it
