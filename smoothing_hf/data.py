@@ -166,8 +166,11 @@ def load_image_dataset(
 
     if dataset_name is not None and dataset_name.startswith("embedded:"):
         if dataset_name not in _EMBEDDED_LOADERS:
-            raise ValueError(f"unknown embedded dataset {dataset_name!r}; the embedded datasets are {list(EMBEDDED_DATASETS)}")
-        given = {"dataset_config_name": dataset_config_name, "image_column": image_column, "label_column": label_column, **hub_kwargs}
+            raise ValueError(
+                f"unknown embedded dataset {dataset_name!r}; the embedded datasets are {list(EMBEDDED_DATASETS)}"
+            )
+        given = {"dataset_config_name": dataset_config_name, "image_column": image_column,
+                 "label_column": label_column, **hub_kwargs}
         extra = [f"`{name}`" for name, value in given.items() if value is not None]
         if extra:
             raise ValueError(f"{dataset_name!r} is built in and takes no {', '.join(extra)}")
@@ -218,7 +221,10 @@ def prepare_columns(
     for argument, column in (("image_column", image_column), ("label_column", label_column)):
         for name, split in splits.items():
             if column not in split.column_names:
-                raise ValueError(f"`{argument}`={column!r} is not a column of split {name!r}; its columns are {_describe(split.features)}")
+                raise ValueError(
+                    f"`{argument}`={column!r} is not a column of split {name!r}; its columns are "
+                    f"{_describe(split.features)}"
+                )
     if image_column == label_column:
         raise ValueError(f"`image_column` and `label_column` must differ, both are {image_column!r}")
     if not isinstance(features[image_column], datasets.Image):
@@ -226,7 +232,8 @@ def prepare_columns(
             f"column {image_column!r} holds {features[image_column]}, not images; cast it first: "
             f"dataset.cast_column({image_column!r}, datasets.Image())"
         )
-    splits = splits.select_columns([image_column, label_column]).rename_columns({image_column: "image", label_column: "label"})
+    splits = splits.select_columns([image_column, label_column])
+    splits = splits.rename_columns({image_column: "image", label_column: "label"})
     if not isinstance(features[label_column], ClassLabel):
         splits = splits.cast_column("label", _class_label_for(splits, features[label_column], label_column))
     return splits["data"] if isinstance(dataset, Dataset) else splits
@@ -258,7 +265,10 @@ class ImageClassificationTransform:
         label_column: str = "label",
     ) -> None:
         if not callable(pixel_transform):
-            raise TypeError(f"`pixel_transform` must be callable (PIL images -> [B, C, H, W] pixels), got {type(pixel_transform).__name__}")
+            raise TypeError(
+                "`pixel_transform` must be callable (PIL images -> [B, C, H, W] pixels), got "
+                f"{type(pixel_transform).__name__}"
+            )
         if num_channels not in (1, 3):
             raise ValueError(f"`num_channels` must be 1 (grayscale) or 3 (RGB), got {num_channels!r}")
         self.pixel_transform = pixel_transform
@@ -306,8 +316,9 @@ def check_labels(dataset: Dataset | DatasetDict, num_labels: int, label_column: 
         if low is not None and (low < 0 or high >= num_labels):
             where = "" if isinstance(dataset, Dataset) else f" of split {name!r}"
             raise ValueError(
-                f"labels{where} (column {label_column!r}) lie in [{low}, {high}] but the model has num_labels={num_labels}, "
-                f"so they must lie in [0, {num_labels - 1}]. For a different label set, give the model a new head: "
+                f"labels{where} (column {label_column!r}) lie in [{low}, {high}] but the model has "
+                f"num_labels={num_labels}, so they must lie in [0, {num_labels - 1}]. For a different label set, give "
+                "the model a new head: "
                 "from_pretrained(..., num_labels=K, id2label=..., label2id=..., ignore_mismatched_sizes=True)"
             )
 
@@ -358,7 +369,10 @@ def _embedded_dataset(images: np.ndarray, labels: np.ndarray, validation_fractio
     )
 
 
-_EMBEDDED_LOADERS: dict[str, Callable[[], DatasetDict]] = {"embedded:mnist": _load_mnist, "embedded:digits": _load_digits}
+_EMBEDDED_LOADERS: dict[str, Callable[[], DatasetDict]] = {
+    "embedded:mnist": _load_mnist,
+    "embedded:digits": _load_digits,
+}
 
 EMBEDDED_DATASETS: tuple[str, ...] = tuple(_EMBEDDED_LOADERS)
 """The ``dataset_name`` values of the datasets built into the library (no network needed)."""
@@ -367,11 +381,14 @@ EMBEDDED_DATASETS: tuple[str, ...] = tuple(_EMBEDDED_LOADERS)
 # ---------------------------------------------------------------------------- helpers
 
 
-def _load_image_folders(train_dir: str | os.PathLike, validation_dir: str | os.PathLike | None, **kwargs: Any) -> DatasetDict:
+def _load_image_folders(
+    train_dir: str | os.PathLike, validation_dir: str | os.PathLike | None, **kwargs: Any
+) -> DatasetDict:
     """Read class-subfolder image folders with the "imagefolder" builder (labels from subfolder names,
     the same ``ClassLabel`` for both splits)."""
     data_files = {}
-    for argument, folder, split in (("train_dir", train_dir, "train"), ("validation_dir", validation_dir, "validation")):
+    folders = (("train_dir", train_dir, "train"), ("validation_dir", validation_dir, "validation"))
+    for argument, folder, split in folders:
         if folder is None:
             continue
         if not os.path.isdir(folder):
@@ -397,8 +414,13 @@ def _find_column(features: Features, feature_type: type, preferred: Sequence[str
         if name in candidates:
             return name
     problem = f"several {feature_type.__name__} columns {typed}" if typed else f"no {kind} column"
-    wanted = "an image column (a datasets.Image feature)" if kind == "image" else "a label column (class indices or names)"
-    raise ValueError(f"the dataset has {problem}; its columns are {_describe(features)}. Pass `{kind}_column=` naming {wanted}")
+    if kind == "image":
+        wanted = "an image column (a datasets.Image feature)"
+    else:
+        wanted = "a label column (class indices or names)"
+    raise ValueError(
+        f"the dataset has {problem}; its columns are {_describe(features)}. Pass `{kind}_column=` naming {wanted}"
+    )
 
 
 def _class_label_for(splits: DatasetDict, feature: Any, column: str) -> ClassLabel:
@@ -410,14 +432,19 @@ def _class_label_for(splits: DatasetDict, feature: Any, column: str) -> ClassLab
         high = max((value for value in highs if value is not None), default=-1)
         return ClassLabel(names=[str(k) for k in range(high + 1)])
     if dtype in ("string", "large_string"):
-        return ClassLabel(names=sorted({name for split in splits.values() for name in pc.unique(_labels(split, "label")).to_pylist()}))
-    raise ValueError(f"the label column {column!r} must hold class indices or class names, got {feature}; pass `label_column=`")
+        names = {name for split in splits.values() for name in pc.unique(_labels(split, "label")).to_pylist()}
+        return ClassLabel(names=sorted(names))
+    raise ValueError(
+        f"the label column {column!r} must hold class indices or class names, got {feature}; pass `label_column=`"
+    )
 
 
 def _labels(dataset: Dataset, column: str) -> pa.ChunkedArray:
     """The ``column`` of ``dataset`` as Arrow (selected rows only; no formatting, transform or decoding)."""
     if column not in dataset.column_names:
-        raise ValueError(f"`label_column`={column!r} is not a column of the dataset; its columns are {_describe(dataset.features)}")
+        raise ValueError(
+            f"`label_column`={column!r} is not a column of the dataset; its columns are {_describe(dataset.features)}"
+        )
     return dataset.with_format("arrow")[column]
 
 
@@ -449,11 +476,16 @@ def _class_label(dataset: Dataset | DatasetDict, column: str) -> ClassLabel:
     split = dataset if isinstance(dataset, Dataset) else next(iter(dataset.values()))
     feature = split.features.get(column)
     if not isinstance(feature, ClassLabel):
-        raise ValueError(f"`label_column`={column!r} must be a ClassLabel column; the columns are {_describe(split.features)}")
+        raise ValueError(
+            f"`label_column`={column!r} must be a ClassLabel column; the columns are {_describe(split.features)}"
+        )
     return feature
 
 
 def _describe(features: Features) -> str:
     """Column names and types for error messages: {'img': Image, 'label': int64, ...}."""
-    types = {name: feature.dtype if isinstance(feature, Value) else type(feature).__name__ for name, feature in features.items()}
+    types = {
+        name: feature.dtype if isinstance(feature, Value) else type(feature).__name__
+        for name, feature in features.items()
+    }
     return "{" + ", ".join(f"{name!r}: {kind}" for name, kind in types.items()) + "}"
