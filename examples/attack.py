@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser, set_seed
 
 from smoothing_hf import ImageClassificationTransform, SmoothedImageClassifier, attack_dataset, certify, check_labels
-from smoothing_hf.attacks import ATTACK_RADII, robustness_markdown
+from smoothing_hf.analysis.attacks import ATTACK_RADII
+from smoothing_hf.analysis.robustness import robustness_markdown
 from smoothing_hf.checks import (
     check_alpha,
     check_number,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser, set_seed
 
 from smoothing_hf import ImageClassificationTransform, SmoothedImageClassifier, check_labels
-from smoothing_hf.attribution import gradcam_grid
+from smoothing_hf.analysis.attribution import gradcam_grid
 from smoothing_hf.data import EvaluationDatasetArguments
 
 

@@ -38,7 +38,7 @@ from transformers import (
 
 from smoothing_hf import ImageClassificationTransform, SmoothedImageClassifier, class_names, load_image_dataset
 from smoothing_hf.checks import check_choice, check_optional_positive_int
-from smoothing_hf.trainer import noisy_accuracy
+from smoothing_hf.trainer import noisy_accuracy_metric
 
 ARCHITECTURES = {
     # ~0.5M parameters, 7-pixel patches: 16 tokens for 28x28 digits.
@@ -132,7 +132,7 @@ def main() -> None:
         train_dataset=dataset["train"].with_transform(transform),
         eval_dataset=dataset["validation"].with_transform(transform),
         data_collator=random_shift_collator(base_args.max_shift) if base_args.max_shift else default_data_collator,
-        compute_metrics=noisy_accuracy,
+        compute_metrics=noisy_accuracy_metric,
     )
     train_output = trainer.train()
     metrics = trainer.evaluate()

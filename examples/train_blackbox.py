@@ -37,8 +37,7 @@ from smoothing_hf import (
     train_coordinator,
     trainable_parameters,
 )
-from smoothing_hf.blackbox import noisy_accuracy
-from smoothing_hf.coordinator import pretrain_autoencoder
+from smoothing_hf.blackbox import pretrain_autoencoder, query_accuracy
 from smoothing_hf.files import write_json
 
 
@@ -136,7 +135,7 @@ def main() -> None:
 
     sigma, evaluate = model_args.sigma, {"batch_size": args.eval_batch_size, "device": state.device}
     used = black_box.queries
-    results["noisy_accuracy_before"] = noisy_accuracy(black_box, validation, sigma=sigma, **evaluate)
+    results["noisy_accuracy_before"] = query_accuracy(black_box, validation, sigma=sigma, **evaluate)
     optimizer = SPSAGC(
         [p for p in coordinator.parameters() if p.requires_grad], a=args.spsa_a, c=args.spsa_c, A=args.spsa_A,
         alpha=args.spsa_alpha, gamma=args.spsa_gamma, momentum=args.momentum, num_directions=args.num_directions,
@@ -146,7 +145,7 @@ def main() -> None:
         coordinator, black_box, train, sigma=sigma, steps=args.steps, batch_size=args.batch_size, optimizer=optimizer,
         seed=args.seed, progress=not args.disable_tqdm,
     )
-    results["noisy_accuracy_after"] = noisy_accuracy(
+    results["noisy_accuracy_after"] = query_accuracy(
         lambda x: black_box(coordinator(x)), validation, sigma=sigma, **evaluate
     )
     trainable, total = trainable_parameters(coordinator)

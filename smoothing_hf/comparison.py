@@ -29,7 +29,7 @@ from transformers import AutoConfig, TrainingArguments
 from .baselines import DenoiserTrainer, DiffusionDenoiser, DnCNN
 from .data import ImageClassificationTransform, check_labels
 from .files import read_json, write_json, write_text
-from .methods import METHODS, trainable_parameters
+from .methods import METHODS, Trains, trainable_parameters
 from .modeling import SmoothedImageClassifier
 from .pipeline import certify
 from .reporting import COMPARISON_RADII, plot_certified_accuracy, read_run, summarize_run
@@ -152,7 +152,7 @@ def _train(method: str, base: str, dataset: Any, settings: ComparisonSettings, o
     check_labels(dataset, model.num_labels)
     transform = ImageClassificationTransform.for_model(model)
     data = {"train_dataset": dataset["train"].with_transform(transform), "eval_dataset": dataset["validation"].with_transform(transform)}
-    learning_rate = settings.full_learning_rate if method == "full" else (
+    learning_rate = settings.full_learning_rate if _trains_every_parameter(method) else (
         settings.denoiser_learning_rate if method.startswith("dncnn-") else settings.learning_rate
     )
     args = TrainingArguments(
@@ -189,6 +189,11 @@ def _train(method: str, base: str, dataset: Any, settings: ComparisonSettings, o
         write_json(record, os.path.join(output_dir, TRAIN_RESULTS_NAME))  # last: marks the run as trained
     PartialState().wait_for_everyone()
     return model.eval()
+
+
+def _trains_every_parameter(method: str) -> bool:
+    """Whether ``method`` is a registry method that trains every parameter (it gets ``full_learning_rate``)."""
+    return method in METHODS and METHODS[method].trains is Trains.EVERY_PARAMETER
 
 
 def run_folder(output_dir: str | os.PathLike, method: str, seed: int, seeded: bool) -> str:

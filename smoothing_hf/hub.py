@@ -8,11 +8,12 @@ never says anything the config does not record. Three public steps:
   ``smoothing_hf/model_cards/smoothing_model_card.md``; its metadata has ``library_name``, ``base_model``,
   ``tags``, ``datasets`` and a ``model-index`` with the certified accuracies and the ACR as eval results.
 - ``push_folder(folder, repo_id)``: one commit of the folder's files with ``huggingface_hub`` (create the repo,
-  and the branch for a ``revision``, then ``create_commit``: what ``transformers`` and ``peft`` do).
+  and the branch for a ``revision``, then ``HfApi.upload_folder``).
 - ``update_results(folder, summary)``: after ``certify()``, write its results into the folder's
   ``smoothing_config.json`` and card (only when called: results are never recorded silently).
 
-Imports only the config and the method registry, not the model wrapper, which imports this module.
+Imports the config and the two registries (methods, input modules), not the model wrapper nor its
+serialization, which import this module.
 """
 
 from __future__ import annotations
@@ -20,25 +21,32 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitInfo, EvalResult, HfApi, ModelCard, ModelCardData
 
+from . import __version__
+from .certification import largest_certifiable_radius
 from .config import CERTIFICATION_KEYS, SMOOTHING_CONFIG_NAME, TRAINING_KEYS, SmoothingConfig, check_certification
 from .files import write_text
 from .input_modules import input_module_class
-from .methods import METHODS
-from .certification import largest_certifiable_radius
+from .methods import METHODS, Saved, Trains, saved_form
 
 logger = logging.getLogger(__name__)
 
 MODEL_CARD_NAME = "README.md"
-MODEL_CARD_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_cards", "smoothing_model_card.md")
+MODEL_CARD_TEMPLATE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "model_cards", "smoothing_model_card.md"
+)
 """The Jinja template of the model card, shipped inside the package (``setup.cfg`` package data)."""
 LIBRARY_NAME = "smoothing_hf"
 CARD_TAGS = ("smoothing_hf", "randomized-smoothing", "certified-robustness", "image-classification")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+PUSH_IGNORE_PATTERNS = (".*", "*/.*", "*.tmp")
+"""Files of a folder that ``push_folder`` leaves out (``upload_folder``'s patterns, on paths relative to the
+folder): hidden files and folders (the staging folders of ``save_pretrained``), temporary files."""
 
 
 # ---------------------------------------------------------------------------------------------- model card
@@ -62,18 +70,18 @@ def model_card(config: SmoothingConfig, model_id: str, template_path: str | os.P
     base_model = _hub_id(config.base_model_name_or_path)
     method = config.peft_method
     datasets = [name for name in (training.get("dataset"), (certification or {}).get("dataset")) if _hub_id(name)]
+    row = METHODS.get(method)  # None for a method the registry lacks (from a peft_config)
+    tags = [*CARD_TAGS, *([method] if method else []), *(["peft"] if row and row.saved is Saved.PEFT_ADAPTER else [])]
 
     card_data = ModelCardData(
         library_name=LIBRARY_NAME,
         base_model=base_model,
-        tags=[*CARD_TAGS, *([method] if method else []), *(["peft"] if method in METHODS and METHODS[method].is_peft else [])],
+        tags=tags,
         datasets=list(dict.fromkeys(datasets)) or None,
         pipeline_tag="image-classification",
         model_name=model_name if certification else None,
         eval_results=_eval_results(config) if certification else None,
     )
-    import smoothing_hf  # the package is fully imported by the time a card is rendered
-
     usage = {"n0": 100, "n": 100_000, "alpha": 0.001}
     if certification:
         usage = {key: certification[key] for key in usage}
@@ -82,7 +90,7 @@ def model_card(config: SmoothingConfig, model_id: str, template_path: str | os.P
         template_path=os.fspath(template_path) if template_path is not None else MODEL_CARD_TEMPLATE,
         model_id=model_id,
         model_name=model_name,
-        library_version=smoothing_hf.__version__,
+        library_version=__version__,
         base_model=base_model,
         base_model_url=f"https://huggingface.co/{base_model}" if base_model else None,
         base_model_name_or_path=config.base_model_name_or_path,
@@ -90,8 +98,12 @@ def model_card(config: SmoothingConfig, model_id: str, template_path: str | os.P
         sigma=config.sigma,
         method=method,
         input_module=config.input_module,
-        input_module_description=input_module_class(config.input_module["type"]).description if config.input_module else None,
-        method_description=METHODS[method].description if method in METHODS else method,
+        input_module_description=(
+            input_module_class(config.input_module["type"]).description if config.input_module else None
+        ),
+        method_description=row.description if row else method,
+        trains=(row.trains if row else Trains.ADDED_PARAMETERS).name,  # what it trains, how it is held:
+        held=(row.saved if row else Saved.PEFT_ADAPTER).name,  # a peft_config's adapter by default
         method_options=", ".join(f"{k}={v!r}" for k, v in sorted(config.method_options.items())),
         merged=config.merged,
         trainable_parameters=training.get("trainable_parameters"),
@@ -102,7 +114,10 @@ def model_card(config: SmoothingConfig, model_id: str, template_path: str | os.P
         image_mean=config.image_mean,
         image_std=config.image_std,
         certification={key: certification.get(key) for key in CERTIFICATION_KEYS} if certification else None,
-        max_radius=largest_certifiable_radius(certification["n"], certification["alpha"], config.sigma) if certification else None,
+        max_radius=(
+            largest_certifiable_radius(certification["n"], certification["alpha"], config.sigma)
+            if certification else None
+        ),
         usage=usage,
     )
 
@@ -131,7 +146,10 @@ def _eval_results(config: SmoothingConfig) -> list[EvalResult]:
         for radius, value in record["certified_accuracy"].items()
     ]
     results.append(
-        EvalResult(**common, metric_type="acr", metric_value=record["acr"], metric_name="Average certified radius", metric_args=settings)
+        EvalResult(
+            **common, metric_type="acr", metric_value=record["acr"], metric_name="Average certified radius",
+            metric_args=settings,
+        )
     )
     return results
 
@@ -166,7 +184,9 @@ def certification_record(
         )
     settings = summary.get("settings") or {}
     if settings.get("mode", "certify") != "certify":
-        raise ValueError(f"`summary` comes from a {settings['mode']!r} run; only certify-mode results go into a model card")
+        raise ValueError(
+            f"`summary` comes from a {settings['mode']!r} run; only certify-mode results go into a model card"
+        )
     if (settings.get("num_shards") or 1) > 1:
         raise ValueError(
             f"`summary` covers shard {settings.get('shard_index')} of {settings['num_shards']} only; merge the shards "
@@ -213,9 +233,7 @@ def update_results(
     written to a temporary name and renamed, the config last. ``model_id`` (default: ``folder``) is what
     the card's loading snippet loads. Returns the new config."""
     path = os.path.join(folder, SMOOTHING_CONFIG_NAME)
-    if not os.path.isfile(path):
-        raise ValueError(f"{os.fspath(folder)} is not a smoothing folder (no {SMOOTHING_CONFIG_NAME}); save the model there first")
-    config = SmoothingConfig.from_json_file(path)
+    config = _folder_config(folder)
     config.certification = certification_record(config, summary, dataset_name=dataset_name, split=split)
     write_model_card(config, os.path.join(folder, MODEL_CARD_NAME), model_id or os.fspath(folder))
     config.to_json_file(path)
@@ -237,45 +255,59 @@ def push_folder(
     create_pr: bool = False,
     rewrite_card: bool = True,
 ) -> CommitInfo:
-    """Upload a saved smoothing folder to the Hub repo ``repo_id`` in one commit (``huggingface_hub``).
+    """Upload a saved smoothing folder to the Hub repo ``repo_id`` in one commit (``HfApi.upload_folder``).
 
     Creates the repo if needed (``private`` applies to a new repo), and the branch ``revision`` if it does not
-    exist (from the default branch); ``create_pr`` opens a pull request instead. With ``rewrite_card`` the card is
-    rendered anew for ``repo_id`` (its loading snippet then loads the repo); otherwise the folder's
-    ``README.md`` goes up as it is. Hidden files and folders (the staging folders of ``save_pretrained``) are
-    left out. Returns the ``CommitInfo``."""
-    config_path = os.path.join(folder, SMOOTHING_CONFIG_NAME)
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{os.fspath(folder)} is not a smoothing folder (no {SMOOTHING_CONFIG_NAME}); save the model there first")
+    exist (from the default branch); ``create_pr`` opens a pull request instead (against the default branch:
+    ``upload_folder`` refuses a ``revision`` with it). With ``rewrite_card`` the card is rendered anew for
+    ``repo_id`` (its loading snippet then loads the repo); otherwise the folder's ``README.md`` goes up as it
+    is. Hidden files and folders (the staging folders of ``save_pretrained``) and ``*.tmp`` files are left out
+    (``PUSH_IGNORE_PATTERNS``). Returns the ``CommitInfo``."""
+    config = _folder_config(folder)
     if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
         raise ValueError(f"`repo_id` must be a Hub repo id such as 'user/vit-lora-smoothing-0.25', got {repo_id!r}")
-    config = SmoothingConfig.from_json_file(config_path)
-    if config.base_model_name_or_path and not config.merged and config.peft_method != "full" and not _hub_id(config.base_model_name_or_path):
+    needs_base = saved_form(config.peft_method, merged=config.merged) is not Saved.WHOLE_MODEL
+    if config.base_model_name_or_path and needs_base and not _hub_id(config.base_model_name_or_path):
         logger.warning(
             f"{repo_id}: the base model is the local path {config.base_model_name_or_path!r}; others can load "
             "this adapter only with a base model of that name. Smooth a Hub model, or push a merged model "
             "(push_to_hub(..., merge_adapter=True))"
         )
-    operations = []
-    for root, folders, files in os.walk(folder):
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
-        for name in sorted(files):
-            relative = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
-            if name.startswith(".") or name.endswith(".tmp") or (rewrite_card and relative == MODEL_CARD_NAME):
-                continue
-            operations.append(CommitOperationAdd(path_in_repo=relative, path_or_fileobj=os.path.join(root, name)))
-    if rewrite_card:
-        operations.append(CommitOperationAdd(path_in_repo=MODEL_CARD_NAME, path_or_fileobj=str(model_card(config, repo_id)).encode()))
-
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision is not None and not create_pr and not revision.startswith("refs/pr/"):
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    return api.create_commit(
-        repo_id,
-        operations,
-        commit_message=commit_message or f"Upload smoothed classifier (sigma={config.sigma}, method={config.peft_method})",
-        commit_description=commit_description,
-        revision=revision,
-        create_pr=create_pr,
+    default_message = f"Upload smoothed classifier (sigma={config.sigma}, method={config.peft_method})"
+    upload = dict(
+        repo_id=repo_id, ignore_patterns=list(PUSH_IGNORE_PATTERNS), revision=revision, create_pr=create_pr,
+        commit_message=commit_message or default_message, commit_description=commit_description,
     )
+    if not rewrite_card:
+        return api.upload_folder(folder_path=folder, **upload)
+    with tempfile.TemporaryDirectory(prefix="smoothing-push-") as staging:
+        _link_files(folder, staging, leave_out=MODEL_CARD_NAME)
+        write_text(str(model_card(config, repo_id)), os.path.join(staging, MODEL_CARD_NAME))
+        return api.upload_folder(folder_path=staging, **upload)
+
+
+def _folder_config(folder: str | os.PathLike) -> SmoothingConfig:
+    """The config of a saved smoothing folder; a folder without one is a ValueError."""
+    path = os.path.join(folder, SMOOTHING_CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{os.fspath(folder)} is not a smoothing folder (no {SMOOTHING_CONFIG_NAME}); save the model there first"
+        )
+    return SmoothingConfig.from_json_file(path)
+
+
+def _link_files(folder: str | os.PathLike, staging: str, leave_out: str) -> None:
+    """Mirror ``folder`` in the empty folder ``staging``: a symbolic link to each of its files (folders are made
+    anew; ``upload_folder`` reads files through links but does not walk linked folders), but ``leave_out``, a
+    path relative to ``folder``."""
+    for root, _, files in os.walk(folder):
+        relative_root = os.path.relpath(root, folder)
+        os.makedirs(os.path.join(staging, relative_root), exist_ok=True)
+        for name in files:
+            relative = os.path.normpath(os.path.join(relative_root, name))
+            if relative != leave_out:
+                os.symlink(os.path.abspath(os.path.join(root, name)), os.path.join(staging, relative))

@@ -23,7 +23,6 @@ import contextlib
 import copy
 import logging
 import math
-import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
 
+from .checks import check_number, check_positive_int
 from .modeling import SmoothedImageClassifier
 from .noise import NoiseCollator
 
@@ -41,8 +41,9 @@ EVAL_NOISE_SEED = 0
 """Seed of the evaluation noise: the same noise at every evaluation, whatever the training seed."""
 
 
-def noisy_accuracy(prediction: EvalPrediction) -> dict[str, float]:
-    """Accuracy of the base classifier on the noisy evaluation images (the default ``compute_metrics``)."""
+def noisy_accuracy_metric(prediction: EvalPrediction) -> dict[str, float]:
+    """The default ``compute_metrics``: ``{"accuracy"}``, the fraction of the noisy evaluation images that the
+    model (the base classifier, under noise) classifies correctly."""
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     labels = np.asarray(prediction.label_ids)
     return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == labels))}
@@ -66,7 +67,7 @@ class SmoothingTrainer(Trainer):
             KL(mean softmax of the m copies || softmax of the copy); > 0 needs m >= 2. Jeong and Shin's
             entropy term (eta) is not included.
         data_collator: the training collator; default ``NoiseCollator`` as above.
-        compute_metrics: default ``noisy_accuracy`` ("eval_accuracy").
+        compute_metrics: default ``noisy_accuracy_metric`` ("eval_accuracy").
         **kwargs: the other ``Trainer`` arguments (train_dataset, eval_dataset, processing_class, callbacks,
             optimizers, ...). ``compute_loss_func`` is not accepted: this trainer computes its own loss.
     """
@@ -95,14 +96,8 @@ class SmoothingTrainer(Trainer):
             )
         if kwargs.get("model_init") is not None:
             raise TypeError("`model_init` is not supported: pass the SmoothedImageClassifier as `model`")
-        if isinstance(num_noise_samples, bool) or not isinstance(num_noise_samples, numbers.Integral):
-            raise TypeError(f"`num_noise_samples` must be a positive int, got {type(num_noise_samples).__name__}")
-        if num_noise_samples < 1:
-            raise ValueError(f"`num_noise_samples` must be a positive int (>= 1), got {num_noise_samples}")
-        if isinstance(consistency_weight, bool) or not isinstance(consistency_weight, numbers.Real):
-            raise TypeError(f"`consistency_weight` must be a float >= 0, got {type(consistency_weight).__name__}")
-        if not (math.isfinite(consistency_weight) and consistency_weight >= 0):
-            raise ValueError(f"`consistency_weight` must be a finite float >= 0, got {consistency_weight}")
+        num_noise_samples = check_positive_int(num_noise_samples, "num_noise_samples")
+        consistency_weight = check_number(consistency_weight, "consistency_weight", minimum=0)
         if consistency_weight > 0 and num_noise_samples < 2:
             raise ValueError(
                 f"`consistency_weight` > 0 needs `num_noise_samples` >= 2 (copies to be consistent across), got "
@@ -117,8 +112,8 @@ class SmoothingTrainer(Trainer):
             )
             args = copy.copy(args)
             args.remove_unused_columns = False
-        self.num_noise_samples = int(num_noise_samples)
-        self.consistency_weight = float(consistency_weight)
+        self.num_noise_samples = num_noise_samples
+        self.consistency_weight = consistency_weight
         if data_collator is None:
             data_collator = NoiseCollator(model.sigma, self.num_noise_samples, seed=args.seed)
         self.eval_data_collator = NoiseCollator(model.sigma, 1, seed=EVAL_NOISE_SEED, deterministic=True)
@@ -126,7 +121,7 @@ class SmoothingTrainer(Trainer):
             model=model,
             args=args,
             data_collator=data_collator,
-            compute_metrics=compute_metrics if compute_metrics is not None else noisy_accuracy,
+            compute_metrics=compute_metrics if compute_metrics is not None else noisy_accuracy_metric,
             **kwargs,
         )
         self.add_callback(_ParameterCountCallback(self))

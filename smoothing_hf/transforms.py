@@ -24,7 +24,10 @@ def _needs_rescale(image: ImageLike) -> bool:
     if isinstance(image, Image.Image):
         return True
     if isinstance(image, (np.ndarray, torch.Tensor)):
-        floating = image.is_floating_point() if isinstance(image, torch.Tensor) else np.issubdtype(image.dtype, np.floating)
+        if isinstance(image, torch.Tensor):
+            floating = image.is_floating_point()
+        else:
+            floating = np.issubdtype(image.dtype, np.floating)
         if not floating:
             return True
         low, high = float(image.min()), float(image.max())

@@ -1,4 +1,4 @@
-"""SmoothAdv (smoothing_hf.attacks) and Grad-CAM (smoothing_hf.attribution): behaviour on tiny models."""
+"""SmoothAdv (smoothing_hf.analysis.attacks) and Grad-CAM (smoothing_hf.analysis.attribution): behaviour on tiny models."""
 
 import json
 import os
@@ -9,8 +9,10 @@ from conftest import tiny_resnet, tiny_vit
 from test_examples import run_example
 
 from smoothing_hf import SmoothedImageClassifier, Smoother, SmoothingConfig
-from smoothing_hf.attacks import attack_dataset, smooth_adv, summarize_attack
-from smoothing_hf.attribution import grad_cam, gradcam_grid
+from smoothing_hf.analysis.attacks import attack_dataset, smooth_adv
+from smoothing_hf.analysis.attribution import grad_cam, gradcam_grid
+from smoothing_hf.analysis.robustness import summarize_attack
+from smoothing_hf.input_modules import DnCNN
 
 
 def smoothed(model, sigma=0.25):
@@ -121,12 +123,12 @@ class DetachedInput(torch.nn.Module):
 @pytest.mark.parametrize(
     "changes, error, message",
     [
-        ({"epsilon": -0.5}, ValueError, r"`epsilon` must be a float >= 0"),
-        ({"epsilon": float("nan")}, ValueError, r"`epsilon` must be a float >= 0"),
+        ({"epsilon": -0.5}, ValueError, r"`epsilon` must be a finite number >= 0 \(l2 radius"),
+        ({"epsilon": float("nan")}, ValueError, r"`epsilon` must be a finite number >= 0"),
         ({"num_noise": 0}, ValueError, r"`num_noise` must be a positive int"),
         ({"num_noise": 2.0}, TypeError, r"`num_noise` must be a positive int"),
         ({"steps": 0}, ValueError, r"`steps` must be a positive int"),
-        ({"step_size": 0.0}, ValueError, r"`step_size` must be a float > 0"),
+        ({"step_size": 0.0}, ValueError, r"`step_size` must be a positive finite number"),
         ({"sigma": 0.0}, ValueError, r"`sigma` must be a positive"),
         ({"labels": [1]}, ValueError, r"`labels` must hold one class per image"),
         ({"labels": [1, 2]}, ValueError, r"`labels` must be classes of the model, in \[0, 2\)"),
@@ -226,8 +228,6 @@ def test_certificates_must_cover_the_attacked_examples(vit):
 def test_attack_goes_through_a_denoiser_composite():
     """SmoothAdv differentiates through the input module: the denoiser -> base composite is attacked like
     any white-box model, and its soft smoothed probability of the true class goes down."""
-    from smoothing_hf.baselines import DnCNN
-
     torch.manual_seed(0)
     denoiser = DnCNN(num_channels=1, depth=3, width=8)
     for parameter in denoiser.parameters():  # not the identity it starts as, so gradients pass through its layers

@@ -18,15 +18,13 @@ from smoothing_hf import SmoothedImageClassifier
 from smoothing_hf.baselines import (
     DenoiserTrainer,
     DenoisingCollator,
-    DiffusionDenoiser,
-    DnCNN,
     base_logits,
     ddpm_unet_config,
     denoising_error,
-    diffusion_timestep,
     train_ddpm,
 )
 from smoothing_hf.data import load_image_dataset
+from smoothing_hf.input_modules import DiffusionDenoiser, DnCNN, diffusion_timestep
 
 CERTIFY = dict(n0=16, n=64, alpha=0.01, batch_size=32, seed=3)
 
@@ -76,8 +74,8 @@ def test_dncnn_starts_as_the_identity_and_checks_its_input():
     assert denoiser.record() == {"type": "dncnn", "options": {"num_channels": 3, "depth": 5, "width": 8}}
     with pytest.raises(ValueError, match=r"takes \[B, 3, H, W\]"):
         denoiser(torch.rand(2, 1, 28, 28))
-    for bad in ({"depth": 1}, {"width": 0}, {"num_channels": 1.5}):
-        with pytest.raises(ValueError, match=next(iter(bad))):
+    for bad, error in (({"depth": 1}, ValueError), ({"width": 0}, ValueError), ({"num_channels": 1.5}, TypeError)):
+        with pytest.raises(error, match=next(iter(bad))):
             DnCNN(**bad)
 
 

@@ -10,13 +10,14 @@ from transformers import AutoModel, ResNetConfig, ViTConfig, ViTModel
 
 from smoothing_hf import SmoothedImageClassifier, Smoother
 from smoothing_hf.blackbox import (
+    SPSAGC,
     BlackBoxClassifier,
     QueryBudgetExceeded,
-    noisy_accuracy,
+    pretrain_autoencoder,
+    query_accuracy,
     train_coordinator,
 )
-from smoothing_hf.coordinator import Coordinator, pretrain_autoencoder
-from smoothing_hf.spsa import SPSAGC
+from smoothing_hf.input_modules import Coordinator
 
 
 class CountingTarget:
@@ -99,7 +100,7 @@ def test_the_query_counter_counts_every_image_and_every_call(encoder_dir):
     result = train_coordinator(module, black_box, ImageDataset(), sigma=0.25, steps=3, batch_size=8, optimizer=optimizer, progress=False)
     assert result["queries"] == 3 * 2 * 2 * 8 == target.images == black_box.queries  # steps x directions x (+, -) x batch
     assert result["calls"] == 12 == target.calls == black_box.calls
-    noisy_accuracy(black_box, ImageDataset(size=20), sigma=0.25, batch_size=8)
+    query_accuracy(black_box, ImageDataset(size=20), sigma=0.25, batch_size=8)
     assert black_box.queries == target.images == 96 + 20 and black_box.calls == target.calls == 12 + 3
 
 
@@ -151,7 +152,7 @@ def test_sigma_must_be_positive(sigma, encoder_dir, tiny_vit_gray_dir):
     with pytest.raises(ValueError, match="sigma"):
         train_coordinator(coordinator(encoder_dir), black_box, ImageDataset(), sigma=sigma, steps=1, progress=False)
     with pytest.raises(ValueError, match="sigma"):
-        noisy_accuracy(black_box, ImageDataset(), sigma=sigma)
+        query_accuracy(black_box, ImageDataset(), sigma=sigma)
     with pytest.raises(ValueError, match="sigma"):
         SmoothedImageClassifier.from_pretrained(tiny_vit_gray_dir, sigma=sigma, input_module=coordinator(encoder_dir))
     assert black_box.queries == 0

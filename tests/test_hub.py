@@ -11,17 +11,16 @@ import textwrap
 
 import pytest
 import torch
+from hub_server import FakeHub
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
+from test_examples import run_example
+from test_methods import train_a_few_steps
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
 from smoothing_hf import SmoothedImageClassifier, SmoothingConfig
 from smoothing_hf.hub import model_card, update_results
 from smoothing_hf.pipeline import certify
-
-from hub_server import FakeHub
-from test_examples import run_example
-from test_methods import train_a_few_steps
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROUND_TRIP_METHODS = ["lora", "loha", "adapter", "vpt", "full"]
@@ -390,6 +389,10 @@ summary = certify(model, dataset, output_dir=request["certify_dir"], **request["
 model.record_certification(summary, dataset_name="embedded:digits", split="validation")
 second = model.push_to_hub("user/vit-lora-smoothing", revision="certified", commit_message="Certification results")
 model.save_pretrained(request["folder"])  # a folder saved earlier, pushed as it is but for the card
+for name in (".hidden", ".tmp-staging/left-over.json", "notes.tmp", "extra/.cache", "extra/notes.txt"):
+    os.makedirs(os.path.dirname(os.path.join(request["folder"], name)), exist_ok=True)
+    with open(os.path.join(request["folder"], name), "w") as handle:
+        handle.write(name)  # hidden and temporary files stay behind; a subfolder's files go up
 third = push_folder(request["folder"], "user/vit-lora-smoothing", revision="from-folder")
 with torch.no_grad():
     save_file({"pushed": model(pixels).logits.contiguous()}, request["output"] + ".safetensors")
@@ -425,8 +428,11 @@ def test_push_to_a_local_hub_then_load_by_repo_id_in_fresh_processes(tiny_vit_di
             f"radius={r}": v for r, v in pushed["summary"]["certified_accuracy"].items()}
         assert 'from_pretrained("user/vit-lora-smoothing")' in card.text
         from_folder = hub.files("user/vit-lora-smoothing", "from-folder")
-        assert set(from_folder) == set(files) and from_folder["adapter_model.safetensors"] == certified["adapter_model.safetensors"]
+        assert set(from_folder) == set(files) | {"extra/notes.txt"} and from_folder["extra/notes.txt"] == b"extra/notes.txt"
+        assert from_folder["adapter_model.safetensors"] == certified["adapter_model.safetensors"]
         assert 'from_pretrained("user/vit-lora-smoothing")' in from_folder["README.md"].decode()  # not the folder path
+        with open(os.path.join(request["folder"], "README.md")) as handle:  # the folder's own card is left as it was
+            assert "user/vit-lora-smoothing" not in handle.read()
 
         # A private repo needs the token; with it (passed as an argument, not from the environment), one line loads
         # the adapter, its base model from its own repo at the recorded commit, and sigma; the revision argument

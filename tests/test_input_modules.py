@@ -27,7 +27,7 @@ class PixelAffine(InputModule):
 
 @pytest.fixture(autouse=True)
 def registered(monkeypatch):
-    monkeypatch.setitem(INPUT_MODULES, "pixel_affine", f"{__name__}:PixelAffine")
+    monkeypatch.setitem(INPUT_MODULES, "pixel_affine", PixelAffine)
 
 
 def test_input_module_runs_before_the_base_model(tiny_vit_dir):

@@ -12,7 +12,6 @@ from transformers import TrainingArguments
 from smoothing_hf import NoiseCollator, SmoothedImageClassifier, SmoothingTrainer
 from smoothing_hf.trainer import consistency_loss
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
+from ..checks import check_positive_int
 from .targets import sublayer_output_projections
 
 
@@ -23,8 +24,7 @@ class AdapterConfig:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, int) or self.reduction_factor < 1:
-            raise ValueError(f"`reduction_factor` must be a positive int, got {self.reduction_factor!r}")
+        self.reduction_factor = check_positive_int(self.reduction_factor, "reduction_factor")
 
 
 class AdaptedLinear(torch.nn.Module):
@@ -44,14 +44,18 @@ class AdaptedLinear(torch.nn.Module):
         return output + self.up(torch.nn.functional.gelu(self.down(output)))
 
 
+def unfit_for_adapters(model: PreTrainedModel) -> str | None:
+    """Why bottleneck adapters cannot go into ``model`` (it has no attention or MLP sublayers of linear
+    layers outside its head), or None when they can."""
+    if sublayer_output_projections(model):
+        return None
+    return f"{type(model).__name__} has none"
+
+
 def add_adapters(model: PreTrainedModel, config: AdapterConfig) -> list[str]:
-    """Wrap the target linear layers of ``model`` in place; returns their names. Only adapters train."""
+    """Wrap the target linear layers of ``model`` in place (by default the output projection of each
+    sublayer: ``model`` must be fit, see ``unfit_for_adapters``); returns their names. Only adapters train."""
     targets = config.target_modules or sublayer_output_projections(model)
-    if not targets:
-        raise ValueError(
-            f"method 'adapter' needs a transformer backbone (attention and MLP sublayers of linear layers); "
-            f"{type(model).__name__} has none. Use 'lora' or 'linear' for convolutional models"
-        )
     for name in targets:
         linear = model.get_submodule(name)
         if not isinstance(linear, torch.nn.Linear):

@@ -15,7 +15,9 @@ from transformers import PreTrainedModel
 def head_module_names(model: PreTrainedModel) -> list[str]:
     """Names of the model's top-level modules outside its backbone: the classification head(s)."""
     backbone = model.base_model_prefix
-    heads = [name for name, child in model.named_children() if name != backbone and any(True for _ in child.parameters())]
+    heads = [
+        name for name, child in model.named_children() if name != backbone and any(True for _ in child.parameters())
+    ]
     if not heads:
         raise ValueError(f"{type(model).__name__} has no classification head outside its backbone `{backbone}`")
     return heads
@@ -38,7 +40,9 @@ def peft_target_modules(model: PreTrainedModel) -> list[str]:
     """
     heads = head_module_names(model)
     for kind in (torch.nn.Linear, torch.nn.Conv2d):
-        names = [name for name, module in model.named_modules() if isinstance(module, kind) and not _in_heads(name, heads)]
+        names = [
+            name for name, module in model.named_modules() if isinstance(module, kind) and not _in_heads(name, heads)
+        ]
         if names:
             break
     else:

@@ -14,17 +14,19 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
+from ..checks import check_positive_int
 from .targets import backbone
 
 
 @dataclass
 class VPTConfig:
     num_prompts: int = field(default=8, metadata={"help": "Prompt tokens per layer."})
-    deep: bool = field(default=False, metadata={"help": "Deep VPT: new prompts before every layer, not only the first."})
+    deep: bool = field(
+        default=False, metadata={"help": "Deep VPT: new prompts before every layer, not only the first."}
+    )
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_prompts, bool) or not isinstance(self.num_prompts, int) or self.num_prompts < 1:
-            raise ValueError(f"`num_prompts` must be a positive int, got {self.num_prompts!r}")
+        self.num_prompts = check_positive_int(self.num_prompts, "num_prompts")
 
 
 class VisualPrompts(torch.nn.Module):
@@ -50,28 +52,37 @@ class VisualPrompts(torch.nn.Module):
         return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
 
 
-def _transformer_layers(module: torch.nn.Module, count: int) -> tuple[str, torch.nn.ModuleList] | None:
-    for name, child in module.named_modules():
+def _transformer_layers(model: PreTrainedModel) -> torch.nn.ModuleList | None:
+    """The backbone's stack of ``config.num_hidden_layers`` transformer layers, if it has one."""
+    count = getattr(model.config, "num_hidden_layers", -1)
+    for child in backbone(model).modules():
         if isinstance(child, torch.nn.ModuleList) and len(child) == count:
-            return name, child
+            return child
+    return None
+
+
+def unfit_for_prompts(model: PreTrainedModel) -> str | None:
+    """Why visual prompts cannot go into ``model``, or None when they can: it needs a [CLS] token embedding,
+    a hidden size and a stack of transformer layers, and no relative position biases (which fix the number of
+    tokens, e.g. BEiT's)."""
+    embeddings = getattr(backbone(model), "embeddings", None)
+    name = type(model).__name__
+    if embeddings is None or getattr(embeddings, "cls_token", None) is None:
+        return f"{name} has no [CLS] token embedding"
+    if getattr(model.config, "hidden_size", None) is None or _transformer_layers(model) is None:
+        return f"{name} has no stack of transformer layers"
+    if getattr(model.config, "use_relative_position_bias", False) or getattr(
+        model.config, "use_shared_relative_position_bias", False
+    ):
+        return f"{name} has relative position biases (e.g. BEiT), to which no tokens can be added"
     return None
 
 
 def add_prompts(model: PreTrainedModel, config: VPTConfig) -> None:
-    """Insert visual prompts into ``model`` in place. Raises ``ValueError`` for non-ViT-family models."""
+    """Insert visual prompts into ``model`` in place; ``model`` must be fit (see ``unfit_for_prompts``)."""
     body = backbone(model)
-    embeddings = getattr(body, "embeddings", None)
-    hidden_size = getattr(model.config, "hidden_size", None)
-    layers = _transformer_layers(body, getattr(model.config, "num_hidden_layers", -1))
-    if embeddings is None or getattr(embeddings, "cls_token", None) is None or hidden_size is None or layers is None:
-        raise ValueError(
-            f"method 'vpt' applies to ViT-family models (a [CLS] token and a stack of transformer layers); "
-            f"{type(model).__name__} is not one. Use 'lora', 'adapter' or 'linear'"
-        )
-    if getattr(model.config, "use_relative_position_bias", False) or getattr(model.config, "use_shared_relative_position_bias", False):
-        raise ValueError("method 'vpt' cannot add tokens to a model with relative position biases (e.g. BEiT); use 'lora'")
-    _, stack = layers
-    prompts = VisualPrompts(len(stack) if config.deep else 1, config.num_prompts, hidden_size)
+    embeddings, stack = body.embeddings, _transformer_layers(model)
+    prompts = VisualPrompts(len(stack) if config.deep else 1, config.num_prompts, model.config.hidden_size)
     body.visual_prompts = prompts.to(embeddings.cls_token.device)
     embeddings.register_forward_hook(prompts.insert)
     if config.deep:
@@ -79,5 +90,7 @@ def add_prompts(model: PreTrainedModel, config: VPTConfig) -> None:
             stack[index].register_forward_pre_hook(functools.partial(_replace_hook, prompts, index), with_kwargs=True)
 
 
-def _replace_hook(prompts: VisualPrompts, layer: int, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+def _replace_hook(
+    prompts: VisualPrompts, layer: int, module: torch.nn.Module, args: tuple, kwargs: dict
+) -> tuple[tuple, dict]:
     return prompts.replace(layer, args, kwargs)

@@ -1,28 +1,26 @@
 """BlackVIP's coordinator (Oh et al., CVPR 2023): the input module that black-box PEFTSmoothing trains.
 
 A frozen pretrained encoder and a small trainable decoder turn a (noisy) image into a visual prompt the size
-of the image; the target classifies clip(x + prompt(x), 0, 1) (``Coordinator``). ``pretrain_autoencoder``
-gives an encoder without labels where no pretrained backbone can be downloaded. Training by SPSA-GC from
-the target's answers alone is in ``smoothing_hf.blackbox``.
+of the image; the target classifies clip(x + prompt(x), 0, 1) (``Coordinator``). The module only: its
+training by SPSA-GC from the target's answers alone, and ``pretrain_autoencoder`` (an encoder without labels
+where no pretrained backbone can be downloaded), are in ``smoothing_hf.blackbox``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import math
-import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, ViTConfig
+from transformers import AutoConfig, AutoModel, PretrainedConfig
 
-from .input_modules import InputModule
-from .transforms import load_image_processor, per_channel
+from ..checks import check_choice, check_int, check_number, check_positive_int
+from ..transforms import load_image_processor, per_channel
+from .base import InputModule
 
-logger = logging.getLogger(__name__)
+FEATURES = ("pooler", "mean")
+"""What the coordinator reads of its encoder: the ``pooler_output``, or the mean of ``last_hidden_state``."""
 
 
 class Coordinator(InputModule):
@@ -72,25 +70,25 @@ class Coordinator(InputModule):
             trigger_size=trigger_size, hidden_size=hidden_size, prompt_size=prompt_size, prompt_scale=prompt_scale,
         )
         for name, value in (("num_channels", num_channels), ("hidden_size", hidden_size), ("prompt_size", prompt_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-        if isinstance(trigger_size, bool) or not isinstance(trigger_size, int) or trigger_size < 0:
-            raise ValueError(f"`trigger_size` must be an int >= 0, got {trigger_size!r}")
-        if feature not in ("pooler", "mean"):
-            raise ValueError(f"`feature` must be 'pooler' or 'mean', got {feature!r}")
-        if not isinstance(prompt_scale, (int, float)) or isinstance(prompt_scale, bool) or not 0 < prompt_scale <= 2:
-            raise ValueError(f"`prompt_scale` must be in (0, 2] ([0, 1] pixel units), got {prompt_scale!r}")
+            check_positive_int(value, name)
+        check_int(trigger_size, "trigger_size", minimum=0)
+        check_choice(feature, "feature", FEATURES)
+        check_number(prompt_scale, "prompt_scale", minimum=0, maximum=2, strict_minimum=True, unit="[0, 1] pixel units")
         config = _config_from_dict(encoder_config)
         self.encoder = AutoModel.from_config(config).eval().requires_grad_(False)
         self.encoder_channels = getattr(config, "num_channels", num_channels)
         if self.encoder_channels != num_channels and 1 not in (self.encoder_channels, num_channels):
-            raise ValueError(f"an encoder of {self.encoder_channels} channels cannot read {num_channels}-channel images")
+            raise ValueError(
+                f"an encoder of {self.encoder_channels} channels cannot read {num_channels}-channel images"
+            )
         size = getattr(config, "image_size", None)
-        self.encoder_image_size = None if size is None else tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        self.encoder_image_size = (
+            None if size is None else tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        )
         mean = encoder_image_mean if encoder_image_mean is not None else [0.0] * self.encoder_channels
         std = encoder_image_std if encoder_image_std is not None else [1.0] * self.encoder_channels
-        self.register_buffer("encoder_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("encoder_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        for name, values in (("encoder_mean", mean), ("encoder_std", std)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.feature = feature
         self.prompt_size = prompt_size
         self.prompt_scale = float(prompt_scale)
@@ -115,7 +113,9 @@ class Coordinator(InputModule):
             options.setdefault("encoder_image_mean", per_channel(processor.image_mean, channels))
             options.setdefault("encoder_image_std", per_channel(processor.image_std, channels))
         options.setdefault("feature", "mean" if untrained_pooler else "pooler")
-        coordinator = cls(_config_to_dict(encoder.config), num_channels, encoder_name_or_path=str(encoder_name_or_path), **options)
+        coordinator = cls(
+            _config_to_dict(encoder.config), num_channels, encoder_name_or_path=str(encoder_name_or_path), **options
+        )
         coordinator.encoder.load_state_dict(encoder.state_dict())
         return coordinator
 
@@ -154,61 +154,6 @@ class Coordinator(InputModule):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """clip(pixels + prompt(pixels), 0, 1) for [B, C, H, W] (noisy) pixels."""
         return self.compose(pixels, self.features(pixels))
-
-
-def pretrain_autoencoder(
-    images: torch.Tensor,
-    encoder_config: PretrainedConfig | None = None,
-    *,
-    steps: int = 2000,
-    batch_size: int = 128,
-    learning_rate: float = 1e-3,
-    max_seconds: float | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> PreTrainedModel:
-    """A coordinator encoder pretrained without labels: ``AutoModel.from_config(encoder_config)`` trained
-    with a linear decoder (then discarded) to reconstruct ``images`` [N, C, H, W] (clean, in [0, 1]) from its
-    ``pooler_output`` (mean squared error, Adam). For the embedded default, where no pretrained backbone can
-    be downloaded; never initialized from the target's weights. The default config is a small ViT (hidden
-    size 64, 2 layers, 4 x 4 patches of the image). Stops after ``steps`` or ``max_seconds``. Returns the
-    encoder in eval mode; save it with ``save_pretrained`` and load it with ``Coordinator.from_encoder``."""
-    if images.dim() != 4 or images.min() < 0 or images.max() > 1:
-        raise ValueError(f"`images` must be [N, C, H, W] pixels in [0, 1], got shape {tuple(images.shape)}")
-    _, channels, height, width = images.shape
-    if encoder_config is None:
-        encoder_config = ViTConfig(
-            image_size=height, patch_size=max(1, min(height, width) // 4), num_channels=channels, hidden_size=64,
-            num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-        )
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    encoder = AutoModel.from_config(encoder_config)
-    with torch.no_grad():
-        dim = encoder(pixel_values=images[:1]).pooler_output.flatten(1).shape[1]
-    decoder = torch.nn.Linear(dim, channels * height * width)
-    model = torch.nn.ModuleDict({"encoder": encoder, "decoder": decoder}).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-    started = time.perf_counter()
-    bar = tqdm(total=steps, desc="autoencoder", disable=not progress)
-    done = 0
-    for step in range(steps):
-        batch = images[torch.randint(0, len(images), (batch_size,), generator=generator)]
-        for group in optimizer.param_groups:  # cosine decay
-            group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * step / steps))
-        reconstruction = torch.sigmoid(decoder(encoder(pixel_values=batch).pooler_output.flatten(1)))
-        loss = F.mse_loss(reconstruction, batch.flatten(1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        bar.update()
-        done = step + 1
-        if max_seconds is not None and time.perf_counter() - started > max_seconds:
-            break
-    bar.close()
-    logger.info("autoencoder: %d steps in %.0f s, reconstruction MSE %.4f", done, time.perf_counter() - started, loss.item())
-    return encoder.eval()
 
 
 def _config_to_dict(config: PretrainedConfig) -> dict:

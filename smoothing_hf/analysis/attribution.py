@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 
-from .certification import eval_mode
-from .checks import check_sigma
-from .files import atomic_path
+from ..certification import eval_mode
+from ..checks import check_sigma
+from ..files import atomic_path
 
 TOKEN_LAYER_NAME = "layernorm_before"
 """The name transformers gives the first norm of a transformer block (ViT, DeiT, BEiT, Swin, ...)."""
@@ -53,9 +53,12 @@ def grad_cam(
             that do not match the images.
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module (Grad-CAM needs its layers and gradients), got {type(model).__name__}")
+        raise TypeError(
+            f"`model` must be a torch.nn.Module (Grad-CAM needs its layers and gradients), got {type(model).__name__}"
+        )
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"`images` must be a float tensor [B, C, H, W], got {getattr(images, 'shape', type(images).__name__)}")
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"`images` must be a float tensor [B, C, H, W], got {got}")
     targets = torch.as_tensor(targets, dtype=torch.long, device=images.device).reshape(-1)
     if len(targets) != len(images):
         raise ValueError(f"`targets` must hold one class per image ({len(images)}), got {len(targets)}")
@@ -119,7 +122,8 @@ def gradcam_grid(
     for title, inputs in ((None, images), (f"noisy (sigma = {sigma:g})", noisy)):
         columns.append((title or "image", inputs, None))
         columns.extend(
-            (f"{name}{', noisy' if title else ''}", inputs, grad_cam(model, inputs, labels)) for name, model in models.items()
+            (f"{name}{', noisy' if title else ''}", inputs, grad_cam(model, inputs, labels))
+            for name, model in models.items()
         )
     figure = Figure(figsize=(1.6 * len(columns), 1.6 * len(images) + 0.4), layout="constrained")
     axes = figure.subplots(len(images), len(columns), squeeze=False)
@@ -175,7 +179,9 @@ def _layer(model: torch.nn.Module, images: torch.Tensor, name: str | None) -> to
     modules = dict(model.named_modules())
     if name is not None:
         if name not in modules:
-            raise ValueError(f"`layer`={name!r} is not a module of the model; its modules are named like {list(modules)[1:6]}...")
+            raise ValueError(
+                f"`layer`={name!r} is not a module of the model; its modules are named like {list(modules)[1:6]}..."
+            )
         return modules[name]
     blocks = [module for module_name, module in modules.items() if module_name.rsplit(".", 1)[-1] == TOKEN_LAYER_NAME]
     if blocks:

@@ -19,10 +19,11 @@ differentiated, so the closure may run under ``torch.no_grad``.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Iterable
 
 import torch
+
+from ..checks import check_number, check_positive_int
 
 
 class SPSAGC(torch.optim.Optimizer):
@@ -63,18 +64,13 @@ class SPSAGC(torch.optim.Optimizer):
         num_directions: int = 1,
         generator: torch.Generator | None = None,
     ) -> None:
-        for name, value, low in (("a", a, 0.0), ("c", c, 0.0)):
-            if not _is_real(value) or not value > low:
-                raise ValueError(f"`{name}` must be a finite float > 0, got {value!r}")
-        for name, value in (("A", A), ("alpha", alpha), ("gamma", gamma)):
-            if not _is_real(value) or value < 0:
-                raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}")
-        if not _is_real(momentum) or not 0 <= momentum < 1:
-            raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}")
-        if isinstance(num_directions, bool) or not isinstance(num_directions, numbers.Integral) or num_directions < 1:
-            raise ValueError(f"`num_directions` must be a positive int, got {num_directions!r}")
-        defaults = {"a": float(a), "c": float(c), "A": float(A), "alpha": float(alpha), "gamma": float(gamma),
-                    "momentum": float(momentum), "num_directions": int(num_directions)}
+        positive, non_negative = {"a": a, "c": c}, {"A": A, "alpha": alpha, "gamma": gamma}
+        defaults = {
+            **{name: check_number(value, name, minimum=0, strict_minimum=True) for name, value in positive.items()},
+            **{name: check_number(value, name, minimum=0) for name, value in non_negative.items()},
+            "momentum": check_number(momentum, "momentum", minimum=0, maximum=1, strict_maximum=True),
+            "num_directions": check_positive_int(num_directions, "num_directions"),
+        }
         super().__init__(params, defaults)
         self.generator = generator
         self.state["spsa"] = {"step": 0, "evaluations": 0}
@@ -147,7 +143,3 @@ def _loss_value(value: float | torch.Tensor) -> float:
     if not math.isfinite(value):
         raise ValueError(f"the SPSA closure returned a non-finite loss ({value}); lower `c` or check the loss")
     return value
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

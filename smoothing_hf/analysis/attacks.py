@@ -1,47 +1,51 @@
 """Empirical robustness: the SmoothAdv l2 attack on a smoothed classifier, beside its certificate.
 
 SmoothAdv (Salman et al., "Provably Robust Deep Learning via Adversarially Trained Smoothed Classifiers",
-NeurIPS 2019) attacks the soft smoothed classifier G(x) = E_e[softmax(f(x + e))], e ~ N(0, sigma^2 I): projected
-gradient ascent on -log G(x')_y over the l2 ball of radius epsilon around x (and the [0, 1] pixel box), the
+NeurIPS 2019) attacks the soft smoothed classifier G(x) = E_e[softmax(f(x + e))], e ~ N(0, sigma^2 I):
+projected gradient ascent on -log G(x')_y over the l2 ball of radius epsilon around x (and the [0, 1] pixel box), the
 expectation estimated from m fresh noise draws at every step. ``attack_dataset`` then runs PREDICT on the
 attacked images: the fraction still classified correctly is an upper bound on the smoothed classifier's
 robust accuracy at epsilon, as the certified accuracy is a lower bound (with probability 1 - alpha each).
 
-The PGD loop is written here rather than taken from torchattacks, whose package requires torchvision and pins
-requests~=2.25 (a plain install pulls another torch build and downgrades requests), and whose PGDL2 would need
-a stateful wrapper to draw the per-image seeded noise. All noise is seeded per image, so an attack is
+The PGD loop is written here rather than taken from torchattacks, whose package requires torchvision and
+pins requests~=2.25 (a plain install pulls another torch build and downgrades requests), and whose PGDL2 would
+need a stateful wrapper to draw the per-image seeded noise. All noise is seeded per image, so an attack is
 reproducible and independent of PREDICT's noise.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .certification import ABSTAIN, eval_mode
-from .checks import PIXEL_TOLERANCE, check_seed, check_sigma
-from .files import atomic_path, write_json, write_text
-from .modeling import SmoothedImageClassifier
-from .noise import derive_seed
-from .files import read_rows
-from .reporting import summarize
+from ..certification import eval_mode
+from ..checks import (
+    check_number,
+    check_optional_positive_int,
+    check_pixel_range,
+    check_positive_int,
+    check_seed,
+    check_sigma,
+)
+from ..files import read_rows, write_json, write_text
+from ..modeling import SmoothedImageClassifier
+from ..noise import derive_seed
+from .robustness import ROBUSTNESS_PLOT, plot_robustness, summarize_attack
 
 ATTACK_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Default attack radii epsilon (l2, [0, 1] pixels); 0 is the clean image (PREDICT without attack)."""
 ATTACK_STREAM = 1000
 """Tag of an image's attack noise stream, ``derive_seed(image seed, ATTACK_STREAM)``: a stream apart from
 the selection, estimation and prediction streams (``noise.Phase``), so the attack never sees PREDICT's noise."""
+RADIUS_UNIT = "l2 radius in [0, 1] pixel units"
 ATTACK_COLUMNS = ("idx", "label", "epsilon", "distance", "predict", "correct", "time")
 ATTACK_TSV = "attack.tsv"
-ROBUSTNESS_PLOT = "robustness.png"
 
 
 def smooth_adv(
@@ -90,12 +94,11 @@ def smooth_adv(
             not match the images or the model's classes, images outside [0, 1].
     """
     _check_white_box(model)
-    epsilon = _check_number(epsilon, "epsilon", "a float >= 0 (l2 radius in [0, 1] pixel units)", minimum=0.0)
-    num_noise = _check_count(num_noise, "num_noise")
-    steps = _check_count(steps, "steps")
-    batch_size = _check_count(batch_size, "batch_size")
+    epsilon = check_number(epsilon, "epsilon", minimum=0, unit=RADIUS_UNIT)
+    num_noise, steps = check_positive_int(num_noise, "num_noise"), check_positive_int(steps, "steps")
+    batch_size = check_positive_int(batch_size, "batch_size")
     if step_size is not None:
-        step_size = _check_number(step_size, "step_size", "a float > 0 (l2 length of a step) or None", minimum=0.0, strict=True)
+        step_size = check_number(step_size, "step_size", minimum=0, strict_minimum=True, unit="l2 length of a step")
     if sigma is None:
         sigma = getattr(model, "sigma", None)
         if sigma is None:
@@ -131,12 +134,16 @@ def _attack_group(
         for _ in range(steps):
             delta.requires_grad_(True)
             noise = torch.cat([torch.randn(shape, generator=g, device=clean.device) for g in generators])
-            logits = _logits(model((clean + delta).repeat_interleave(num_noise, dim=0) + sigma * noise), len(noise))
+            noisy = (clean + delta).repeat_interleave(num_noise, dim=0) + sigma * noise
+            logits = _logits(model(noisy), len(noise))
             num_classes = logits.shape[1]
             if not (0 <= labels.min() and labels.max() < num_classes):
-                raise ValueError(f"`labels` must be classes of the model, in [0, {num_classes}), got {labels.tolist()}")
+                raise ValueError(
+                    f"`labels` must be classes of the model, in [0, {num_classes}), got {labels.tolist()}"
+                )
             # log of the soft smoothed classifier, log mean_j softmax(f(x' + e_j)), computed stably
-            log_smoothed = torch.logsumexp(logits.log_softmax(dim=1).view(len(clean), num_noise, -1), dim=1) - math.log(num_noise)
+            log_probabilities = logits.log_softmax(dim=1).view(len(clean), num_noise, -1)
+            log_smoothed = torch.logsumexp(log_probabilities, dim=1) - math.log(num_noise)
             loss = -log_smoothed.gather(1, labels[:, None]).sum()  # a sum: each image gets its own gradient
             gradient = torch.autograd.grad(loss, delta, allow_unused=True)[0] if loss.requires_grad else None
             if gradient is None:
@@ -197,22 +204,20 @@ def attack_dataset(
     """
     if not isinstance(model, SmoothedImageClassifier):
         raise TypeError(f"`model` must be a SmoothedImageClassifier, got {type(model).__name__}")
-    allowed_radii = "a non-empty sequence of floats >= 0 (l2, [0, 1] pixels)"
-    if isinstance(radii, (str, numbers.Number)) or not radii:
-        raise ValueError(f"`radii` must be {allowed_radii}, got {radii!r}")
-    radii = sorted({_check_number(r, "radii", allowed_radii, minimum=0.0) for r in radii})
-    skip = _check_count(skip, "skip")
-    num_noise = _check_count(num_noise, "num_noise")
-    batch_size = _check_count(batch_size, "batch_size")
-    if max_examples is not None:
-        max_examples = _check_count(max_examples, "max_examples")
+    if not isinstance(radii, Sequence) or isinstance(radii, str) or not radii:
+        raise ValueError(f"`radii` must be a non-empty sequence of floats >= 0 ({RADIUS_UNIT}), got {radii!r}")
+    radii = sorted({check_number(r, "radii", minimum=0, unit=RADIUS_UNIT) for r in radii})
+    skip, num_noise = check_positive_int(skip, "skip"), check_positive_int(num_noise, "num_noise")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    max_examples = check_optional_positive_int(max_examples, "max_examples")
     selected = list(range(0, len(dataset), skip))[:max_examples]
     certified_rows = _certified_rows(certified, selected)
     smoother = model.smoother()  # over the merged model: the attack's gradients are those of the same function
     device = next(smoother.base_classifier.parameters()).device
     settings = {
-        "sigma": model.sigma, "radii": radii, "num_noise": num_noise, "steps": steps, "step_size": step_size, "n": n,
-        "alpha": alpha, "seed": seed, "skip": skip, "max_examples": max_examples, "num_dataset_examples": len(dataset),
+        "sigma": model.sigma, "radii": radii, "num_noise": num_noise, "steps": steps, "step_size": step_size,
+        "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max_examples": max_examples,
+        "num_dataset_examples": len(dataset),
         "model": {"base_model_name_or_path": model.config.base_model_name_or_path, "method": model.config.peft_method},
     }
 
@@ -227,13 +232,16 @@ def attack_dataset(
         seeds = [derive_seed(seed, idx) for idx in indices]
         for epsilon in radii:
             tic = time.perf_counter()
-            attacked = smooth_adv(smoother.base_classifier, pixels, labels, epsilon, sigma=model.sigma, num_noise=num_noise,
-                                  steps=steps, step_size=step_size, batch_size=batch_size, seed=seeds)
+            attacked = smooth_adv(
+                smoother.base_classifier, pixels, labels, epsilon, sigma=model.sigma, num_noise=num_noise,
+                steps=steps, step_size=step_size, batch_size=batch_size, seed=seeds,
+            )
             predictions = smoother.predict(attacked, n=n, alpha=alpha, batch_size=batch_size, seed=seeds)
             seconds = (time.perf_counter() - tic) / len(indices)
             distances = (attacked - pixels).flatten(1).norm(dim=1).tolist()
             rows.extend(
-                {"idx": i, "label": y, "epsilon": epsilon, "distance": d, "predict": p, "correct": int(p == y), "time": seconds}
+                {"idx": i, "label": y, "epsilon": epsilon, "distance": d, "predict": p, "correct": int(p == y),
+                 "time": seconds}
                 for i, y, d, p in zip(indices, labels, distances, predictions)
             )
     rows.sort(key=lambda row: (row["idx"], row["epsilon"]))
@@ -245,73 +253,6 @@ def attack_dataset(
     write_json(summary, os.path.join(output_dir, "summary.json"))
     plot_robustness(summary, os.path.join(output_dir, ROBUSTNESS_PLOT))
     return summary
-
-
-def summarize_attack(rows: Sequence[dict], certified_rows: Sequence[dict] | None = None) -> dict:
-    """Per attack radius epsilon (keys ``f"{r:g}"``): the fraction of ``rows`` (attack.tsv rows) still
-    classified correctly (``empirical_accuracy``) and abstained on (``abstain_rate``); with the
-    certification rows of the same examples, also their ``certified_accuracy`` (correct with radius >=
-    epsilon), ``gap`` = empirical - certified, and ``certificate_violations``: examples certified correct with
-    a radius > epsilon whose attacked image PREDICT assigned to another class (each has probability at most
-    about alpha of happening when both the certificate and the attack are right)."""
-    radii = sorted({row["epsilon"] for row in rows})
-    by_radius = {r: [row for row in rows if row["epsilon"] == r] for r in radii}
-    summary: dict[str, Any] = {
-        "num_examples": len(by_radius[radii[0]]),
-        "radii": radii,
-        "empirical_accuracy": {f"{r:g}": float(np.mean([row["correct"] for row in by_radius[r]])) for r in radii},
-        "abstain_rate": {f"{r:g}": float(np.mean([row["predict"] == ABSTAIN for row in by_radius[r]])) for r in radii},
-    }
-    if certified_rows is not None:
-        certificates = {row["idx"]: row for row in certified_rows}
-        summary["certified_accuracy"] = summarize(list(certificates.values()), radii)["certified_accuracy"]
-        summary["gap"] = {k: summary["empirical_accuracy"][k] - summary["certified_accuracy"][k] for k in summary["empirical_accuracy"]}
-        summary["certificate_violations"] = {
-            f"{r:g}": sum(
-                1 for row in by_radius[r]
-                if certificates[row["idx"]]["correct"] and certificates[row["idx"]]["radius"] > r
-                and row["predict"] not in (row["label"], ABSTAIN)
-            )
-            for r in radii
-        }
-    return summary
-
-
-def robustness_markdown(summary: dict) -> str:
-    """A Markdown table of ``summarize_attack``'s figures: per radius, empirical robust accuracy (%), and
-    where known the certified accuracy (%) of the same examples and the gap (percentage points)."""
-    certified = "certified_accuracy" in summary
-    header = "| radius | empirical (SmoothAdv + PREDICT) | abstain |" + (" certified | gap |" if certified else "")
-    lines = [header, "|---|---|---|" + ("---|---|" if certified else "")]
-    for r in summary["radii"]:
-        key = f"{r:g}"
-        line = f"| {key} | {100 * summary['empirical_accuracy'][key]:.1f}% | {100 * summary['abstain_rate'][key]:.1f}% |"
-        if certified:
-            line += f" {100 * summary['certified_accuracy'][key]:.1f}% | {100 * summary['gap'][key]:+.1f} |"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def plot_robustness(summary: dict, path: str | os.PathLike, *, title: str | None = None) -> None:
-    """Plot empirical robust accuracy (and, where the summary has it, certified accuracy) against the l2
-    radius ([0, 1] pixels) from a ``summarize_attack`` summary, into one figure written atomically to
-    ``path`` (.png, .pdf, .svg)."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
-
-    radii = summary["radii"]
-    figure = Figure(figsize=(6, 4), layout="constrained")
-    axes = figure.subplots()
-    axes.plot(radii, [summary["empirical_accuracy"][f"{r:g}"] for r in radii], "o-", label="empirical (SmoothAdv + PREDICT)")
-    if "certified_accuracy" in summary:
-        axes.plot(radii, [summary["certified_accuracy"][f"{r:g}"] for r in radii], "s--", label="certified (CERTIFY)")
-    axes.set(xlim=(0, max(radii) or 1.0), ylim=(0, 1.02), xlabel="l2 radius (pixels in [0, 1])", ylabel="accuracy")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    if title is not None:
-        axes.set_title(title)
-    extension = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format=extension, dpi=150)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -326,29 +267,12 @@ def _check_white_box(model: object) -> None:
         )
 
 
-def _check_count(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"`{name}` must be a positive int (>= 1), got {value}")
-    return int(value)
-
-
-def _check_number(value: float, name: str, allowed: str, *, minimum: float, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be {allowed}, got {type(value).__name__}")
-    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        raise ValueError(f"`{name}` must be {allowed}, got {value}")
-    return float(value)
-
-
 def _check_images(images: torch.Tensor) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
         raise TypeError(f"`images` must be a float torch.Tensor of pixels in [0, 1], got {type(images).__name__}")
     if images.dim() != 4 or len(images) == 0:
         raise ValueError(f"`images` must be a non-empty batch [B, C, H, W], got shape {tuple(images.shape)}")
-    if torch.isnan(images).any() or images.min() < -PIXEL_TOLERANCE or images.max() > 1 + PIXEL_TOLERANCE:
-        raise ValueError("`images` must hold un-normalized pixels in [0, 1] (the model normalizes)")
+    check_pixel_range(float(images.min()), float(images.max()), "images")
     return images.detach().float().clamp(0, 1)
 
 
