@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from smoothing_hf import ABSTAIN, SmoothedImageClassifier, derive_seed
-from smoothing_hf.data import ImageClassificationTransform, load_image_dataset
+from smoothing_hf import ImageClassificationTransform, load_image_dataset
 from smoothing_hf.files import write_json
 
 RADII = (0.0, 0.25, 0.5, 0.75)

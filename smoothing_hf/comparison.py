@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 from accelerate import PartialState
-from transformers import AutoConfig, TrainingArguments
+from transformers import AutoConfig, TrainingArguments, set_seed
 
 from .baselines import DenoiserTrainer, DiffusionDenoiser, DnCNN
-from .data import ImageClassificationTransform, check_labels
+from .data import check_labels
+from .transforms import ImageClassificationTransform
 from .files import read_json, write_json, write_text
 from .methods import METHODS, Trains, trainable_parameters
 from .modeling import SmoothedImageClassifier
@@ -148,6 +149,7 @@ def _certify(model: SmoothedImageClassifier, validation: Any, settings: Comparis
 
 
 def _train(method: str, base: str, dataset: Any, settings: ComparisonSettings, output_dir: str, seed: int) -> SmoothedImageClassifier:
+    set_seed(seed)  # before the model is built: new heads, adapters and denoisers start from the seed
     model = build_model(method, base, settings)
     check_labels(dataset, model.num_labels)
     transform = ImageClassificationTransform.for_model(model)

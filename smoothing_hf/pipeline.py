@@ -258,7 +258,9 @@ def _resume(output_dir: str | os.PathLike, settings: dict, chosen: Mode, state: 
             + "; use another `output_dir`"
         )
     files = [os.path.join(output_dir, chosen.tsv_name), *sorted(glob.glob(os.path.join(output_dir, "progress-*.tsv")))]
-    rows = [row for file in files if os.path.exists(file) for row in read_rows(file, chosen.columns)]
+    # A progress file a kill left before its header was flushed is empty: it holds no rows.
+    rows = [row for file in files if os.path.isfile(file) and os.path.getsize(file) for row in read_rows(file, chosen.columns)]
+    state.wait_for_everyone()  # every process has read the folder before any appends to it
     return {row["idx"]: row for row in _merge_rows(rows)}
 
 

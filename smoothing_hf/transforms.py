@@ -1,4 +1,5 @@
-"""Dataset transforms that resize and rescale images to [0, 1] pixels without normalizing them.
+"""Dataset transforms that resize and rescale images to [0, 1] pixels without normalizing them: ``PixelTransform``
+(images -> pixels) and ``ImageClassificationTransform`` (a ``datasets`` batch -> model inputs).
 
 Noise is added in [0, 1] pixel space (DESIGN.md contract 1), so normalization is the model's job, not
 the dataset's. We reuse the base model's own image processor for resizing so that images reach the model
@@ -8,13 +9,16 @@ at the size it was trained at.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor
+
+if TYPE_CHECKING:  # for type hints only: the model wrapper imports this module
+    from .modeling import SmoothedImageClassifier
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -82,3 +86,63 @@ def per_channel(values: float | Sequence[float], num_channels: int) -> list[floa
         f"the image processor's normalization has {len(values)} values but the model takes {num_channels} "
         "channels; pass `image_mean` and `image_std` explicitly"
     )
+
+
+class ImageClassificationTransform:
+    """A batch transform for ``Dataset.set_transform`` / ``with_transform`` that makes model inputs.
+
+    Maps ``{"image": [PIL images], "label": [ints], ...}`` to ``{"pixel_values": float tensor [B, C, H, W]
+    in [0, 1], "labels": long tensor [B]}``: each image is first converted to the model's channels ("L"
+    for 1, "RGB" for 3: grayscale, RGBA and palette images alike), then resized and rescaled by
+    ``pixel_transform``, not normalized (the smoothed model normalizes). Without a label column in the
+    batch, only "pixel_values" is returned. Indexing one example gives [C, H, W] pixels and a 0-d label,
+    which ``transformers.default_data_collator`` stacks back into a batch.
+
+    Args:
+        pixel_transform: maps a list of B PIL images to [B, C, H, W] pixels in [0, 1], such as
+            ``smoothing_hf.PixelTransform(image_processor)``.
+        num_channels: C, the model's input channels (1 or 3).
+        image_column / label_column: the batch keys to read.
+    """
+
+    def __init__(
+        self,
+        pixel_transform: Callable[[list[Image.Image]], torch.Tensor],
+        num_channels: int,
+        *,
+        image_column: str = "image",
+        label_column: str = "label",
+    ) -> None:
+        if not callable(pixel_transform):
+            raise TypeError(
+                "`pixel_transform` must be callable (PIL images -> [B, C, H, W] pixels), got "
+                f"{type(pixel_transform).__name__}"
+            )
+        if num_channels not in (1, 3):
+            raise ValueError(f"`num_channels` must be 1 (grayscale) or 3 (RGB), got {num_channels!r}")
+        self.pixel_transform = pixel_transform
+        self.num_channels = num_channels
+        self.mode = "L" if num_channels == 1 else "RGB"
+        self.image_column = image_column
+        self.label_column = label_column
+
+    @classmethod
+    def for_model(cls, model: SmoothedImageClassifier, **kwargs: Any) -> ImageClassificationTransform:
+        """The transform for ``model``: its ``image_transform()`` (the base model's image processor, so it
+        raises ``ValueError`` for a model without one) and its ``num_channels``."""
+        return cls(model.image_transform(), model.num_channels, **kwargs)
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        if self.image_column not in batch:
+            raise KeyError(f"the batch has no {self.image_column!r} column (`image_column`), only {list(batch)}")
+        images = [image if image.mode == self.mode else image.convert(self.mode) for image in batch[self.image_column]]
+        pixels = self.pixel_transform(images)
+        if pixels.dim() != 4 or pixels.shape[:2] != (len(images), self.num_channels):
+            raise ValueError(
+                f"`pixel_transform` must return [B, C, H, W] = [{len(images)}, {self.num_channels}, H, W] pixels, got "
+                f"shape {tuple(pixels.shape)}"
+            )
+        output = {"pixel_values": pixels}
+        if self.label_column in batch:
+            output["labels"] = torch.as_tensor(batch[self.label_column], dtype=torch.long)
+        return output

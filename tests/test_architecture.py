@@ -29,10 +29,15 @@ def package_modules() -> dict[str, str]:
 
 
 def imports_of(name: str, path: str, modules: dict[str, str]) -> set[str]:
-    """The package modules that ``name`` imports anywhere in its file (function-level imports included)."""
+    """The package modules that ``name`` imports anywhere in its file (function-level imports included; not
+    those under ``if TYPE_CHECKING:``, which never run)."""
     package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -100,3 +100,15 @@ def test_the_table_marks_the_best_mean_and_shows_the_spread():
     assert markdown[3] == "| b_1 | — | 0 | 50 | 80.0 | 60.0* | 0.450* |"
     latex = comparison_table(rows, radii=(0.0, 0.5), latex=True)
     assert r"\textbf{90.0 $\pm$ 1.0}" in latex and r"b\_1 & --- & 0 & 50 & 80.0 & \textbf{60.0} & \textbf{0.450}" in latex
+
+
+def test_a_method_trained_twice_with_one_seed_gives_the_same_weights(tiny_vit_gray_dir, tmp_path):
+    # The model was built before any seed was set, so LoRA's initial weights followed the global random state.
+    dataset = load_image_dataset("embedded:digits")
+    settings = ComparisonSettings(sigma=0.25, epochs=0.02, batch_size=16, eval_batch_size=256, n0=10, n=20,
+                                  alpha=0.1, skip=200, certify_batch_size=64)
+    for run, global_seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(global_seed)
+        run_comparison(tiny_vit_gray_dir, dataset, settings, tmp_path / run, methods=["lora"], seeds=[5])
+    first, second = ((tmp_path / run / "lora" / "adapter_model.safetensors").read_bytes() for run in ("a", "b"))
+    assert first == second
