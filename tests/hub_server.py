@@ -123,7 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ responses
 
-    def _send(self, status: int, content: bytes = b"", headers: dict[str, str] | None = None, head: bool = False) -> None:
+    def _send(
+        self, status: int, content: bytes = b"", headers: dict[str, str] | None = None, head: bool = False
+    ) -> None:
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -161,12 +163,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
         payload = json.loads(body)
-        repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else f"user/{payload['name']}"
+        repo_id = f"{payload.get('organization') or 'user'}/{payload['name']}"
         url = f"{self.hub.endpoint}/{repo_id}"
         if repo_id in self.hub.repos:
             return self._json(409, {"error": "You already created this model repo", "url": url})
         repo = Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
-        repo.branches["main"] = repo.commit(None, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, "initial commit")
+        attributes = {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}
+        repo.branches["main"] = repo.commit(None, attributes, "initial commit")
         self.hub.repos[repo_id] = repo
         self._json(200, {"url": url, "name": repo_id})
 
@@ -195,7 +198,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self._writable_repo(repo) is None:
             return
         files = json.loads(body)["files"]
-        self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files]})
+        modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files]
+        self._json(200, {"files": modes})
 
     def _commit(self, body: bytes, head: bool, repo: str, revision: str) -> None:
         found = self._writable_repo(repo)
@@ -221,7 +225,8 @@ class _Handler(BaseHTTPRequestHandler):
         sha = found.commit(parent, files, message)
         if revision in found.branches:
             found.branches[revision] = sha
-        self._json(200, {"commitUrl": f"{self.hub.endpoint}/{repo}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None})
+        url = f"{self.hub.endpoint}/{repo}/commit/{sha}"
+        self._json(200, {"commitUrl": url, "commitOid": sha, "pullRequestUrl": None})
 
     def _repo_info(self, body: bytes, head: bool, repo: str, revision: str = "main") -> None:
         found = self._readable_repo(repo)
@@ -244,6 +249,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
         content = found.commits[sha].get(file)
         if content is None:
-            return self._error(404, "EntryNotFound", f"{file} does not exist at {revision}", head, **{"X-Repo-Commit": sha})
+            message = f"{file} does not exist at {revision}"
+            return self._error(404, "EntryNotFound", message, head, **{"X-Repo-Commit": sha})
         etag = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
-        self._send(200, content, {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"}, head)
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"}
+        self._send(200, content, headers, head)

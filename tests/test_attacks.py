@@ -1,4 +1,5 @@
-"""SmoothAdv (smoothing_hf.analysis.attacks) and Grad-CAM (smoothing_hf.analysis.attribution): behaviour on tiny models."""
+"""SmoothAdv (smoothing_hf.analysis.attacks) and Grad-CAM (smoothing_hf.analysis.attribution): behaviour on tiny
+models."""
 
 import json
 import os
@@ -30,7 +31,8 @@ def two_class_task(count, seed):
     generator = torch.Generator().manual_seed(seed)
     pattern = torch.cat([torch.ones(1, 8, 4), -torch.ones(1, 8, 4)], dim=2)
     labels = torch.arange(count) % 2
-    images = 0.5 + 0.04 * (2 * labels - 1).view(-1, 1, 1, 1) * pattern + 0.02 * torch.randn(count, 1, 8, 8, generator=generator)
+    noise = 0.02 * torch.randn(count, 1, 8, 8, generator=generator)
+    images = 0.5 + 0.04 * (2 * labels - 1).view(-1, 1, 1, 1) * pattern + noise
     return images.clamp(0, 1), labels
 
 
@@ -139,7 +141,8 @@ class DetachedInput(torch.nn.Module):
 def test_bad_attack_arguments(linear_boundary, changes, error, message):
     arguments = {"images": torch.full((2, 1, 4, 4), 0.6), "labels": [1, 1], "epsilon": 0.5, "sigma": 0.25, **changes}
     with pytest.raises(error, match=message):
-        smooth_adv(linear_boundary, arguments.pop("images"), arguments.pop("labels"), arguments.pop("epsilon"), **arguments)
+        images, labels, epsilon = arguments.pop("images"), arguments.pop("labels"), arguments.pop("epsilon")
+        smooth_adv(linear_boundary, images, labels, epsilon, **arguments)
 
 
 def test_a_model_without_gradients_is_refused(linear_boundary):
@@ -157,7 +160,9 @@ def test_summary_counts_certificate_violations():
     certified = [{"idx": 0, "label": 1, "predict": 1, "radius": 0.6, "correct": 1, "time": 0.0},
                  {"idx": 1, "label": 0, "predict": -1, "radius": 0.0, "correct": 0, "time": 0.0}]
     rows = [{"idx": idx, "label": label, "epsilon": epsilon, "predict": predict, "correct": int(predict == label)}
-            for idx, label, epsilon, predict in [(0, 1, 0.0, 1), (0, 1, 0.5, 0), (0, 1, 0.75, 0), (1, 0, 0.0, 0), (1, 0, 0.5, 1), (1, 0, 0.75, -1)]]
+            for idx, label, epsilon, predict in [
+                (0, 1, 0.0, 1), (0, 1, 0.5, 0), (0, 1, 0.75, 0), (1, 0, 0.0, 0), (1, 0, 0.5, 1), (1, 0, 0.75, -1)
+            ]]
     summary = summarize_attack(rows, certified)
     assert summary["empirical_accuracy"] == {"0": 1.0, "0.5": 0.0, "0.75": 0.0}
     assert summary["abstain_rate"] == {"0": 0.0, "0.5": 0.0, "0.75": 0.5}
@@ -177,8 +182,10 @@ def test_grad_cam_gives_maps_in_the_unit_interval_and_a_grid(build, tmp_path):
         maps = grad_cam(target, images, [0, 1, 2])
         assert maps.shape == (3, 28, 28) and maps.min() >= 0 and maps.max() <= 1
         peaks = maps.flatten(1).amax(dim=1)
-        assert ((peaks - 1).abs() < 1e-6).logical_or(peaks == 0).all() and peaks.max() == 1  # all-zero: no positive evidence
-    gradcam_grid({"a": model, "b": smoothed(build(num_channels=1))}, images, [0, 1, 2], tmp_path / "grid.png", sigma=0.25)
+        # all-zero: no positive evidence
+        assert ((peaks - 1).abs() < 1e-6).logical_or(peaks == 0).all() and peaks.max() == 1
+    models = {"a": model, "b": smoothed(build(num_channels=1))}
+    gradcam_grid(models, images, [0, 1, 2], tmp_path / "grid.png", sigma=0.25)
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -197,8 +204,9 @@ def test_bad_grad_cam_arguments(vit):
 
 def test_attack_and_gradcam_examples_end_to_end(tiny_vit_gray_dir, tmp_path):
     output = tmp_path / "attack"
-    run_example("attack.py", "--model_name_or_path", tiny_vit_gray_dir, "--sigma", 0.25, "--dataset_name", "embedded:digits",
-                "--radii", 0, 0.5, "--steps", 2, "--num_noise", 2, "--n", 20, "--alpha", 0.1, "--n0", 10,
+    run_example("attack.py", "--model_name_or_path", tiny_vit_gray_dir, "--sigma", 0.25,
+                "--dataset_name", "embedded:digits", "--radii", 0, 0.5, "--steps", 2, "--num_noise", 2, "--n", 20,
+                "--alpha", 0.1, "--n0", 10,
                 "--certify_n", 20, "--max_examples", 3, "--skip", 7, "--output_dir", output)
     lines = (output / "attack.tsv").read_text().splitlines()
     assert lines[0].split("\t") == ["idx", "label", "epsilon", "distance", "predict", "correct", "time"]
@@ -222,7 +230,8 @@ def test_certificates_must_cover_the_attacked_examples(vit):
     with pytest.raises(ValueError, match=r"no row for example indices \[2\]"):
         attack_dataset(vit, dataset, output_dir="unused", skip=2, certified=rows)
     with pytest.raises(ValueError, match="other labels than the dataset"):
-        attack_dataset(vit, dataset, output_dir="unused", max_examples=1, certified=[{**rows[0], "label": 4}], radii=[0.0], n=10)
+        attack_dataset(vit, dataset, output_dir="unused", max_examples=1, certified=[{**rows[0], "label": 4}],
+                       radii=[0.0], n=10)
 
 
 def test_attack_goes_through_a_denoiser_composite():
@@ -243,6 +252,8 @@ def test_attack_goes_through_a_denoiser_composite():
     def soft_probability(pixels):
         noise = 0.25 * torch.randn((64, *pixels.shape[1:]), generator=torch.Generator().manual_seed(3))
         with torch.no_grad():
-            return torch.stack([composite(x + noise).logits.softmax(dim=1)[:, y].mean() for x, y in zip(pixels, labels)])
+            return torch.stack(
+                [composite(x + noise).logits.softmax(dim=1)[:, y].mean() for x, y in zip(pixels, labels)]
+            )
 
     assert (soft_probability(attacked) < soft_probability(images)).all()

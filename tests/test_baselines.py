@@ -82,7 +82,8 @@ def test_dncnn_starts_as_the_identity_and_checks_its_input():
 def test_the_objectives_are_the_published_losses(tiny_vit_dir, surrogate_dir, tmp_path):
     """MSE to the clean image; cross-entropy of the classifier on the denoised noisy image against its own argmax on
     the clean image, with the target's base or with the surrogate; gradients reach the denoiser only."""
-    batch = DenoisingCollator(0.25, 2, seed=1)([{"pixel_values": torch.rand(3, 28, 28), "labels": i % 2} for i in range(3)])
+    examples = [{"pixel_values": torch.rand(3, 28, 28), "labels": i % 2} for i in range(3)]
+    batch = DenoisingCollator(0.25, 2, seed=1)(examples)
     assert torch.equal(batch["clean_pixel_values"][::2], batch["clean_pixel_values"][1::2])  # m copies, aligned
     assert (batch["pixel_values"] - batch["clean_pixel_values"]).std() == pytest.approx(0.25, rel=0.1)
     surrogate = load_surrogate(surrogate_dir)
@@ -120,7 +121,8 @@ def test_a_trained_dncnn_leaves_the_base_bit_identical_and_round_trips_with_iden
     objective, base, with_surrogate, tiny_vit_dir, tiny_resnet_dir, surrogate_dir, tmp_path
 ):
     if base == "vit":
-        model = SmoothedImageClassifier.from_pretrained(tiny_vit_dir, sigma=0.25, input_module=DnCNN(3, depth=4, width=8))
+        denoiser = DnCNN(3, depth=4, width=8)
+        model = SmoothedImageClassifier.from_pretrained(tiny_vit_dir, sigma=0.25, input_module=denoiser)
     else:  # BatchNorm in the frozen base: its running statistics must not move either
         model = SmoothedImageClassifier.from_pretrained(
             tiny_resnet_dir, sigma=0.25, image_mean=[0.5], image_std=[0.25], input_module=DnCNN(1, depth=4, width=8)
@@ -263,7 +265,8 @@ def test_a_diffusion_composite_certifies_and_round_trips_with_identical_certific
 
 def test_a_ddpm_pipeline_folder_loads_and_bad_diffusion_models_are_clear_errors(tiny_vit_dir, tmp_path):
     unet = tiny_unet(8, 1)
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2")).save_pretrained(tmp_path / "ddpm")
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "ddpm")
     denoiser = DiffusionDenoiser.from_pretrained(tmp_path / "ddpm", sigma=0.25)
     assert all(torch.equal(v, unet.state_dict()[k]) for k, v in denoiser.unet.state_dict().items())
     cosine = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
@@ -273,7 +276,8 @@ def test_a_ddpm_pipeline_folder_loads_and_bad_diffusion_models_are_clear_errors(
     # A DDPM of another image size than the data: a clear error when the composite runs.
     wrong_size = DiffusionDenoiser.from_diffusers(tiny_unet(32, 3), DDPMScheduler(), sigma=0.25, source="ddpm-32")
     model = SmoothedImageClassifier.from_pretrained(tiny_vit_dir, sigma=0.25, input_module=wrong_size)
-    with pytest.raises(ValueError, match=r"ddpm-32 denoises 3 x 32 x 32 images .* got pixels of shape \(\d+, 3, 28, 28\)"):
+    message = r"ddpm-32 denoises 3 x 32 x 32 images .* got pixels of shape \(\d+, 3, 28, 28\)"
+    with pytest.raises(ValueError, match=message):
         model.certify(torch.rand(3, 28, 28), **CERTIFY)
     with pytest.raises(ValueError, match=r"denoises 1 x 8 x 8 images"):  # another number of channels
         denoiser(torch.rand(1, 3, 8, 8))
@@ -285,7 +289,8 @@ def test_a_ddpm_trained_briefly_on_embedded_digits_denoises_better_than_clipping
     dataset = load_image_dataset("embedded:digits")
 
     def pixels(split):
-        return torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) / 255 for image in dataset[split]["image"]]))[:, None]
+        images = [np.asarray(image, dtype=np.float32) / 255 for image in dataset[split]["image"]]
+        return torch.from_numpy(np.stack(images))[:, None]
 
     train, validation = pixels("train"), pixels("validation")
     max_timestep = diffusion_timestep(DDPMScheduler().alphas_cumprod, 0.5)
@@ -317,16 +322,18 @@ def run_example(script: str, *args) -> None:
 
 
 def test_the_denoiser_examples_train_a_ddpm_and_both_denoisers(tiny_vit_gray_dir, tmp_path):
-    quiet = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--per_device_eval_batch_size", 128]
+    quiet = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
+             "--per_device_eval_batch_size", 128]
     run_example("train_ddpm.py", "--model_name_or_path", tiny_vit_gray_dir, "--dataset_name", "embedded:digits",
-                "--output_dir", tmp_path / "ddpm", "--width", 8, "--max_steps", 2, "--batch_size", 8, "--max_sigma", 0.5)
+                "--output_dir", tmp_path / "ddpm", "--width", 8, "--max_steps", 2, "--batch_size", 8,
+                "--max_sigma", 0.5)
     ddpm = json.loads((tmp_path / "ddpm" / "train_results.json").read_text())
     assert ddpm["steps"] == 2 and ddpm["max_timestep"] == 258 and ddpm["denoising_mse"]["0.25"]["timestep"] == 144
     for denoiser, extra in (("dncnn", ["--objective", "stability", "--denoiser_options", '{"depth": 3, "width": 4}']),
                             ("diffusion", ["--diffusion_model", tmp_path / "ddpm"])):
         run_example("train_denoiser.py", "--model_name_or_path", tiny_vit_gray_dir, "--dataset_name", "embedded:digits",
-                    "--denoiser", denoiser, *extra, "--sigma", 0.25, "--output_dir", tmp_path / denoiser, "--max_steps", 2,
-                    "--per_device_train_batch_size", 8, *quiet)
+                    "--denoiser", denoiser, *extra, "--sigma", 0.25, "--output_dir", tmp_path / denoiser,
+                    "--max_steps", 2, "--per_device_train_batch_size", 8, *quiet)
         results = json.loads((tmp_path / denoiser / "train_results.json").read_text())
         model = SmoothedImageClassifier.from_pretrained(tmp_path / denoiser)
         assert model.config.input_module["type"] == denoiser and model.sigma == 0.25

@@ -79,7 +79,9 @@ def target_model(tiny_vit_gray_dir: str) -> torch.nn.Module:
 def test_no_gradient_reaches_or_is_computed_through_the_target(tiny_vit_gray_dir, encoder_dir):
     black_box = BlackBoxClassifier.from_pretrained(tiny_vit_gray_dir, output="probabilities")
     grad_enabled = []
-    black_box.target.register_forward_pre_hook(lambda module, args, kwargs: grad_enabled.append(torch.is_grad_enabled()), with_kwargs=True)
+    black_box.target.register_forward_pre_hook(
+        lambda module, args, kwargs: grad_enabled.append(torch.is_grad_enabled()), with_kwargs=True
+    )
     black_box.target.requires_grad_(True)  # even a target whose parameters would take gradients
     module = coordinator(encoder_dir)
     train_coordinator(module, black_box, ImageDataset(), sigma=0.25, steps=2, batch_size=8, progress=False)
@@ -97,8 +99,10 @@ def test_the_query_counter_counts_every_image_and_every_call(encoder_dir):
     black_box = BlackBoxClassifier(target, 10)
     module = coordinator(encoder_dir)
     optimizer = SPSAGC([p for p in module.parameters() if p.requires_grad], num_directions=2)
-    result = train_coordinator(module, black_box, ImageDataset(), sigma=0.25, steps=3, batch_size=8, optimizer=optimizer, progress=False)
-    assert result["queries"] == 3 * 2 * 2 * 8 == target.images == black_box.queries  # steps x directions x (+, -) x batch
+    result = train_coordinator(module, black_box, ImageDataset(), sigma=0.25, steps=3, batch_size=8,
+                               optimizer=optimizer, progress=False)
+    # steps x directions x (+, -) x batch
+    assert result["queries"] == 3 * 2 * 2 * 8 == target.images == black_box.queries
     assert result["calls"] == 12 == target.calls == black_box.calls
     query_accuracy(black_box, ImageDataset(size=20), sigma=0.25, batch_size=8)
     assert black_box.queries == target.images == 96 + 20 and black_box.calls == target.calls == 12 + 3
@@ -126,7 +130,8 @@ def test_query_budget_exhausted_is_a_clear_error(encoder_dir):
     assert issubclass(QueryBudgetExceeded, RuntimeError)
     black_box = BlackBoxClassifier(CountingTarget(), 10, query_budget=100)
     with pytest.raises(QueryBudgetExceeded, match="query budget exhausted"):
-        train_coordinator(coordinator(encoder_dir), black_box, ImageDataset(), sigma=0.25, steps=10, batch_size=8, progress=False)
+        train_coordinator(coordinator(encoder_dir), black_box, ImageDataset(), sigma=0.25, steps=10, batch_size=8,
+                          progress=False)
     with pytest.raises(ValueError, match="query_budget"):
         BlackBoxClassifier(target, 10, query_budget=0)
 
@@ -136,8 +141,8 @@ def test_a_target_whose_output_does_not_match_the_label_count_is_an_error(encode
         BlackBoxClassifier(CountingTarget(num_labels=5), 10)(torch.rand(4, 1, 28, 28))
     # a five-class target trained on with ten-class labels
     with pytest.raises(ValueError, match="labels go up to 9 but the black box returns 5 classes"):
-        train_coordinator(coordinator(encoder_dir), BlackBoxClassifier(CountingTarget(num_labels=5)), ImageDataset(size=64),
-                          sigma=0.25, steps=1, batch_size=64, progress=False)
+        train_coordinator(coordinator(encoder_dir), BlackBoxClassifier(CountingTarget(num_labels=5)),
+                          ImageDataset(size=64), sigma=0.25, steps=1, batch_size=64, progress=False)
     with pytest.raises(ValueError, match="declared to return probabilities"):
         BlackBoxClassifier(CountingTarget(), 10, output="probabilities")(torch.rand(2, 1, 28, 28))
     with pytest.raises(ValueError, match="output"):
@@ -181,7 +186,8 @@ def test_spsa_gc_converges_on_a_quadratic_within_a_query_budget():
 def test_spsa_gc_look_ahead_beats_plain_spsa_and_is_reproducible():
     def run(momentum: float, seed: int = 0) -> torch.Tensor:
         w = torch.nn.Parameter(torch.zeros(10))
-        optimizer = SPSAGC([w], a=0.02, c=0.01, momentum=momentum, num_directions=2, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = SPSAGC([w], a=0.02, c=0.01, momentum=momentum, num_directions=2, generator=generator)
         for _ in range(100):
             optimizer.step(lambda: quadratic(w.detach()))
         return w.detach()
@@ -222,7 +228,8 @@ def test_the_prompt_is_computed_from_the_noisy_input_only(tiny_vit_gray_dir, enc
         # The coordinator is handed the noisy pixels alone (no clean image reaches it) and is deterministic.
         assert list(inspect.signature(module.forward).parameters) == ["pixels"]
         assert torch.equal(module(noisy), module(noisy.clone())) and torch.equal(module.train()(noisy), module(noisy))
-        assert not torch.equal(module.prompt(module.features(noisy), (28, 28)), module.prompt(module.features(clean), (28, 28)))
+        prompts = [module.prompt(module.features(pixels), (28, 28)) for pixels in (noisy, clean)]
+        assert not torch.equal(*prompts)
     # Certification applies the coordinator to every noisy sample: the composite is one fixed base classifier.
     composite_classifier = Smoother(lambda z: black_box(module(z)), num_classes=10, sigma=0.25, num_channels=1)
     kwargs = {"n0": 16, "n": 64, "alpha": 0.01, "batch_size": 32, "seed": 5}
@@ -248,7 +255,8 @@ def test_save_and_load_give_identical_certificates(tiny_vit_gray_dir, encoder_di
     assert config["input_module"]["type"] == "coordinator" and config["sigma"] == 0.25
     assert config["base_model_name_or_path"] == tiny_vit_gray_dir and config["training"]["queries"] == 1234
     assert config["training"]["trainable_parameters"] == sum(p.numel() for p in module.parameters() if p.requires_grad)
-    loaded = SmoothedImageClassifier.from_pretrained(tmp_path / "saved")  # the architecture from the options, no download
+    # the architecture from the options, no download
+    loaded = SmoothedImageClassifier.from_pretrained(tmp_path / "saved")
     assert isinstance(loaded.input_module, Coordinator)
     pixels = torch.rand(2, 1, 28, 28)
     kwargs = {"n0": 16, "n": 64, "alpha": 0.01, "batch_size": 32, "seed": 3}
@@ -259,7 +267,8 @@ def test_save_and_load_give_identical_certificates(tiny_vit_gray_dir, encoder_di
 def test_any_backbone_serves_as_encoder(backbone, tmp_path):
     torch.manual_seed(0)
     if backbone == "resnet":
-        encoder = AutoModel.from_config(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"))
+        resnet = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+        encoder = AutoModel.from_config(resnet)
     else:
         encoder = ViTModel(ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=1,
                                      num_attention_heads=2, intermediate_size=32), add_pooling_layer=False)

@@ -15,11 +15,12 @@ from hub_server import FakeHub
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from test_examples import run_example
-from test_methods import train_a_few_steps
+from test_methods import SAVED_FILES, train_a_few_steps
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
 from smoothing_hf import SmoothedImageClassifier, SmoothingConfig
 from smoothing_hf.hub import model_card, update_results
+from smoothing_hf.methods import METHODS, Trains
 from smoothing_hf.pipeline import certify
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -65,7 +66,8 @@ def run_python(script: str, request: dict, env: dict | None = None) -> str:
 
 
 def evaluate_in_fresh_process(models: dict, pixels_path, output, env=None, refused=None) -> tuple[dict, dict]:
-    request = {"pixels": str(pixels_path), "models": models, "certify": CERTIFY, "output": str(output), "refused": refused or {}}
+    request = {"pixels": str(pixels_path), "models": models, "certify": CERTIFY, "output": str(output),
+               "refused": refused or {}}
     run_python(LOAD_AND_EVALUATE, request, env)
     with open(f"{output}.json") as handle:
         return load_file(f"{output}.safetensors"), json.load(handle)
@@ -105,15 +107,12 @@ def test_train_save_load_in_a_fresh_process_gives_identical_logits_and_certifica
         assert results[method]["config"]["peft_method"] == method and results[method]["config"]["sigma"] == 0.25
 
 
-@pytest.mark.parametrize(
-    "method, weights",
-    [("lora", {"adapter_config.json", "adapter_model.safetensors"}), ("loha", {"adapter_config.json", "adapter_model.safetensors"}),
-     ("adapter", {"smoothing_weights.safetensors"}), ("vpt", {"smoothing_weights.safetensors"}), ("full", {"config.json", "model.safetensors"})],
-)
-def test_a_saved_folder_holds_the_adapter_processor_config_and_card(saved, method, weights):
+@pytest.mark.parametrize("method", ROUND_TRIP_METHODS)
+def test_a_saved_folder_holds_the_adapter_processor_config_and_card(saved, method):
     root, expected = saved
-    files = set(os.listdir(root / method))
-    assert files == weights | {"preprocessor_config.json", "smoothing_config.json", "README.md"}
+    files = set(os.listdir(root / method))  # the weights as the method's registry row says it is saved
+    others = {"preprocessor_config.json", "smoothing_config.json", "README.md"}
+    assert files == SAVED_FILES[METHODS[method].saved] | others
     config = SmoothingConfig.from_json_file(root / method / "smoothing_config.json")
     trainable = sum(p.numel() for p in expected[method][2].parameters() if p.requires_grad)
     assert config.training["trainable_parameters"] == trainable > 0 and config.training["train_head"]
@@ -121,7 +120,8 @@ def test_a_saved_folder_holds_the_adapter_processor_config_and_card(saved, metho
     card = ModelCard.load(root / method / "README.md")
     assert card.data.library_name == "smoothing_hf" and method in card.data.tags
     assert f"{trainable:,}" in card.text and "sigma = 0.25" in card.text and "Not certified yet" in card.text
-    assert ("Every parameter" if method == "full" else f"only the {method} parameters and the classification head") in card.text
+    every = METHODS[method].trains is Trains.EVERY_PARAMETER
+    assert ("Every parameter" if every else f"only the {method} parameters and the classification head") in card.text
 
 
 def test_the_trainable_parameter_count_survives_a_reload_and_resave(saved, tmp_path):
@@ -141,7 +141,8 @@ def test_a_merged_model_loads_with_plain_transformers_and_as_a_smoothed_model(sa
     reloaded = SmoothedImageClassifier.from_pretrained(tmp_path)
     assert reloaded.config.merged and reloaded.config.peft_method == "lora"
     with torch.no_grad():
-        torch.testing.assert_close(plain(pixel_values=(pixels - mean) / std).logits, expected["lora"][0], rtol=1e-4, atol=1e-5)
+        plain_logits = plain(pixel_values=(pixels - mean) / std).logits
+        torch.testing.assert_close(plain_logits, expected["lora"][0], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(reloaded(pixels).logits, expected["lora"][0], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="'adapter' adds modules of its own"):
         expected["adapter"][2].save_pretrained(tmp_path / "adapter", merge_adapter=True)
@@ -185,15 +186,18 @@ def test_the_card_parses_and_its_eval_results_carry_the_certified_accuracies():
     accuracies = {r.metric_config: r.metric_value for r in data.eval_results if r.metric_type == "certified_accuracy"}
     assert accuracies == {"radius=0": 0.98, "radius=0.25": 0.94, "radius=0.5": 0.87, "radius=0.75": 0.71}
     assert [r.metric_value for r in data.eval_results if r.metric_type == "acr"] == [0.62]
-    assert all(r.dataset_type == "cifar10" and r.dataset_split == "test" and r.metric_args["sigma"] == 0.25 for r in data.eval_results)
+    assert all(r.dataset_type == "cifar10" and r.dataset_split == "test" and r.metric_args["sigma"] == 0.25
+               for r in data.eval_results)
     assert card.content.count("model-index") == 1
     for text in ["sigma = 0.25**", "n0 = 100", "n = 100,000", "alpha = 0.001", "| 0.25 | 94.0% |", "**0.620**",
-                 "1,000 of 86,000,000", 'from_pretrained("user/vit-lora-smoothing-0.25")', "n0=100, n=100000, alpha=0.001"]:
+                 "1,000 of 86,000,000", 'from_pretrained("user/vit-lora-smoothing-0.25")',
+                 "n0=100, n=100000, alpha=0.001"]:
         assert text in card.text, text
 
 
 def test_a_card_without_results_or_hub_ids_has_no_model_index():
-    config = SmoothingConfig(sigma=0.5, image_mean=[0.5], image_std=[0.5], base_model_name_or_path="/tmp/base", peft_method="vpt")
+    config = SmoothingConfig(sigma=0.5, image_mean=[0.5], image_std=[0.5], base_model_name_or_path="/tmp/base",
+                             peft_method="vpt")
     data = ModelCard(str(model_card(config, "runs/vpt"))).data
     assert data.eval_results is None and data.base_model is None and data.datasets is None
     assert "model-index" not in data.to_dict()
@@ -219,9 +223,11 @@ def test_certify_then_update_results_refreshes_the_folder_config_and_card(saved,
     update_results(folder, summary, dataset_name="embedded:digits", split="validation")
     recorded = SmoothedImageClassifier.from_pretrained(folder).config.certification
     assert recorded["certified_accuracy"] == summary["certified_accuracy"] and recorded["acr"] == summary["acr"]
-    assert (recorded["n0"], recorded["n"], recorded["alpha"], recorded["seed"], recorded["num_examples"]) == (8, 64, 0.01, 1, 4)
+    settings = (recorded["n0"], recorded["n"], recorded["alpha"], recorded["seed"], recorded["num_examples"])
+    assert settings == (8, 64, 0.01, 1, 4)
     card = ModelCard.load(folder / "README.md")
-    assert {r.metric_config: r.metric_value for r in card.data.eval_results if r.metric_type == "certified_accuracy"} == {
+    results = card.data.eval_results
+    assert {r.metric_config: r.metric_value for r in results if r.metric_type == "certified_accuracy"} == {
         f"radius={r}": v for r, v in summary["certified_accuracy"].items()}
     assert "of `embedded:digits` (validation split)" in card.text and card.data.datasets is None
     assert not [name for name in os.listdir(folder) if name.endswith(".tmp")]
@@ -229,7 +235,8 @@ def test_certify_then_update_results_refreshes_the_folder_config_and_card(saved,
     # The same through the model: record, then save.
     model.record_certification(summary, dataset_name="embedded:digits")
     model.save_pretrained(tmp_path / "again")
-    assert SmoothingConfig.from_json_file(tmp_path / "again" / "smoothing_config.json").certification["acr"] == summary["acr"]
+    again = SmoothingConfig.from_json_file(tmp_path / "again" / "smoothing_config.json")
+    assert again.certification["acr"] == summary["acr"]
 
 
 def test_results_from_another_run_are_refused(saved, digits, tmp_path):
@@ -251,7 +258,8 @@ def test_results_from_another_run_are_refused(saved, digits, tmp_path):
 
 
 def test_certify_example_updates_the_model_card_only_when_asked(tiny_vit_gray_dir, tmp_path):
-    SmoothedImageClassifier.from_pretrained(tiny_vit_gray_dir, sigma=0.25, method="lora").save_pretrained(tmp_path / "model")
+    model = SmoothedImageClassifier.from_pretrained(tiny_vit_gray_dir, sigma=0.25, method="lora")
+    model.save_pretrained(tmp_path / "model")
     arguments = ["--model_name_or_path", tmp_path / "model", "--dataset_name", "embedded:digits", "--n0", 8, "--n", 32,
                  "--alpha", 0.01, "--batch_size", 64, "--max_examples", 3]
     run_example("certify.py", *arguments, "--output_dir", tmp_path / "plain")
@@ -261,7 +269,8 @@ def test_certify_example_updates_the_model_card_only_when_asked(tiny_vit_gray_di
     assert certification["num_examples"] == 3 and certification["dataset"] == "embedded:digits"
     assert ModelCard.load(tmp_path / "model" / "README.md").data.eval_results
     with pytest.raises(ValueError, match="--update_model_card needs --mode certify"):
-        run_example("certify.py", *arguments, "--output_dir", tmp_path / "predict", "--mode", "predict", "--update_model_card", "true")
+        run_example("certify.py", *arguments, "--output_dir", tmp_path / "predict", "--mode", "predict",
+                    "--update_model_card", "true")
 
 
 # ---------------------------------------------------------------------------------------------- bad folders
@@ -291,7 +300,8 @@ def test_a_config_naming_another_base_model_than_the_adapter_is_an_error(saved, 
     for method, source in [("lora", "adapter_config.json"), ("adapter", "smoothing_weights.safetensors")]:
         folder = copy_of(saved, method, tmp_path)
         edit_config(folder, base_model_name_or_path=tiny_vit_gray_dir)
-        with pytest.raises(ValueError, match=rf"names the base model '{tiny_vit_gray_dir}', but .*{source} was trained on"):
+        message = rf"names the base model '{tiny_vit_gray_dir}', but .*{source} was trained on"
+        with pytest.raises(ValueError, match=message):
             SmoothedImageClassifier.from_pretrained(folder)
 
 
@@ -303,11 +313,15 @@ def test_weights_of_another_shape_than_the_base_model_are_an_error(saved, tmp_pa
                                                 num_attention_heads=2, intermediate_size=64, num_labels=10))
     wider.save_pretrained(tmp_path / "wider")
     edit_config(folder, base_model_name_or_path=str(tmp_path / "wider"))
-    with pytest.raises(ValueError, match=r"trained on a different base model than the one its config names: .*\(2, 32\) saved, \(3, 48\) in the model"):
+    message = r"trained on a different base model than the one its config names: .*\(2, 32\) saved, \(3, 48\) in"
+    with pytest.raises(ValueError, match=message):
         SmoothedImageClassifier.from_pretrained(folder)
 
 
-@pytest.mark.parametrize("method, weights", [("lora", "adapter_model.safetensors"), ("vpt", "smoothing_weights.safetensors"), ("full", "model.safetensors")])
+@pytest.mark.parametrize(
+    "method, weights",
+    [("lora", "adapter_model.safetensors"), ("vpt", "smoothing_weights.safetensors"), ("full", "model.safetensors")],
+)
 def test_a_corrupt_or_missing_weight_file_is_an_error_naming_it(saved, tmp_path, method, weights):
     folder = copy_of(saved, method, tmp_path)
     data = (folder / weights).read_bytes()
@@ -333,7 +347,8 @@ def test_a_sigma_that_contradicts_the_saved_one_and_bad_config_files(saved, tmp_
         SmoothedImageClassifier.from_pretrained(folder, sigma=0.5)
     assert SmoothedImageClassifier.from_pretrained(folder, sigma=0.25).sigma == 0.25
     edit_config(folder, certification={"n0": 1, "n": 10, "alpha": 0.001})
-    with pytest.raises(ValueError, match=r"smoothing_config.json: `certification` must record .* missing \['num_examples'"):
+    message = r"smoothing_config.json: `certification` must record .* missing \['num_examples'"
+    with pytest.raises(ValueError, match=message):
         SmoothedImageClassifier.from_pretrained(folder)
     (folder / "smoothing_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="smoothing_config.json is not valid JSON"):
@@ -376,7 +391,8 @@ optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
 model.train()
 for _ in range(3):
     pixels = torch.rand(8, 3, 28, 28, generator=generator)
-    loss = model(pixels + 0.25 * torch.randn(pixels.shape, generator=generator), labels=torch.randint(0, 10, (8,), generator=generator)).loss
+    labels = torch.randint(0, 10, (8,), generator=generator)
+    loss = model(pixels + 0.25 * torch.randn(pixels.shape, generator=generator), labels=labels).loss
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -397,8 +413,8 @@ third = push_folder(request["folder"], "user/vit-lora-smoothing", revision="from
 with torch.no_grad():
     save_file({"pushed": model(pixels).logits.contiguous()}, request["output"] + ".safetensors")
 certificates = [list(c) for c in model.certify(pixels, **request["certify"])]
-print(json.dumps({"base_revision": model.config.base_model_revision, "first": first.oid, "second": second.oid, "third": third.oid,
-                  "summary": summary, "certificates": certificates}))
+print(json.dumps({"base_revision": model.config.base_model_revision, "first": first.oid, "second": second.oid,
+                  "third": third.oid, "summary": summary, "certificates": certificates}))
 """
 
 
@@ -407,7 +423,8 @@ def test_push_to_a_local_hub_then_load_by_repo_id_in_fresh_processes(tiny_vit_di
     with FakeHub() as hub:
         env = hub_environment(hub, tmp_path / "pusher-home")
         request = {"base": tiny_vit_dir, "pixels": str(tmp_path / "pixels.safetensors"), "certify": CERTIFY,
-                   "certify_dir": str(tmp_path / "certify"), "output": str(tmp_path / "pushed"), "folder": str(tmp_path / "folder")}
+                   "certify_dir": str(tmp_path / "certify"), "output": str(tmp_path / "pushed"),
+                   "folder": str(tmp_path / "folder")}
         pushed = json.loads(run_python(PUSH, request, env).strip().splitlines()[-1])
 
         # What reached the Hub: a private repo, one commit per push, the adapter, processor, config and card.
@@ -424,11 +441,13 @@ def test_push_to_a_local_hub_then_load_by_repo_id_in_fresh_processes(tiny_vit_di
         assert json.loads(certified["smoothing_config.json"])["certification"]["acr"] == pushed["summary"]["acr"]
         card = ModelCard(certified["README.md"].decode())
         assert card.data.base_model == "user/tiny-vit"
-        assert {r.metric_config: r.metric_value for r in card.data.eval_results if r.metric_type == "certified_accuracy"} == {
+        results = card.data.eval_results
+        assert {r.metric_config: r.metric_value for r in results if r.metric_type == "certified_accuracy"} == {
             f"radius={r}": v for r, v in pushed["summary"]["certified_accuracy"].items()}
         assert 'from_pretrained("user/vit-lora-smoothing")' in card.text
         from_folder = hub.files("user/vit-lora-smoothing", "from-folder")
-        assert set(from_folder) == set(files) | {"extra/notes.txt"} and from_folder["extra/notes.txt"] == b"extra/notes.txt"
+        assert set(from_folder) == set(files) | {"extra/notes.txt"}
+        assert from_folder["extra/notes.txt"] == b"extra/notes.txt"
         assert from_folder["adapter_model.safetensors"] == certified["adapter_model.safetensors"]
         assert 'from_pretrained("user/vit-lora-smoothing")' in from_folder["README.md"].decode()  # not the folder path
         with open(os.path.join(request["folder"], "README.md")) as handle:  # the folder's own card is left as it was
@@ -445,17 +464,18 @@ def test_push_to_a_local_hub_then_load_by_repo_id_in_fresh_processes(tiny_vit_di
             "certified": ["user/vit-lora-smoothing", {"token": hub.token, "cache_dir": cache, "revision": "certified"}],
             "local_only": ["user/vit-lora-smoothing", {"cache_dir": cache, "local_files_only": True}],
         }
-        logits, results = evaluate_in_fresh_process(models, tmp_path / "pixels.safetensors", tmp_path / "reader", reader,
-                                                    refused={"no_token": ["user/vit-lora-smoothing", {}]})
+        logits, results = evaluate_in_fresh_process(models, tmp_path / "pixels.safetensors", tmp_path / "reader",
+                                                    reader, refused={"no_token": ["user/vit-lora-smoothing", {}]})
         refused = results.pop("no_token")
-        assert refused["error"] == "OSError" and "user/vit-lora-smoothing" in refused["message"] and "token" in refused["message"]
+        assert refused["error"] == "OSError"
+        assert "user/vit-lora-smoothing" in refused["message"] and "token" in refused["message"]
         assert hub.unhandled == []
 
     # With the Hub gone: HF_HUB_OFFLINE=1 and the populated cache, for the smoothing repo and for its base model
     # as a plain base model id (as before this module existed).
     offline = {**reader, "HF_HUB_OFFLINE": "1"}
-    base = ["user/tiny-vit", {"cache_dir": cache, "revision": pushed["base_revision"], "sigma": 0.5,  # the commit cached
-                              "image_mean": [0.5] * 3, "image_std": [0.2] * 3}]
+    base = ["user/tiny-vit", {"cache_dir": cache, "revision": pushed["base_revision"],  # the commit cached
+                              "sigma": 0.5, "image_mean": [0.5] * 3, "image_std": [0.2] * 3}]
     offline_logits, offline_results = evaluate_in_fresh_process(
         {"offline": ["user/vit-lora-smoothing", {"cache_dir": cache}], "base": base},
         tmp_path / "pixels.safetensors", tmp_path / "offline", offline,
@@ -467,12 +487,14 @@ def test_push_to_a_local_hub_then_load_by_repo_id_in_fresh_processes(tiny_vit_di
         assert result["certificates"] == pushed["certificates"], name
         assert result["config"]["sigma"] == 0.25 and result["config"]["peft_method"] == "lora"
     assert results["main"]["config"]["certification"] is None
-    assert results["certified"]["config"]["certification"]["certified_accuracy"] == pushed["summary"]["certified_accuracy"]
+    certified_accuracy = results["certified"]["config"]["certification"]["certified_accuracy"]
+    assert certified_accuracy == pushed["summary"]["certified_accuracy"]
 
 
 PUSH_COMPOSITE = UPLOAD_BASE + """
 torch.manual_seed(0)
-model = SmoothedImageClassifier.from_pretrained("user/tiny-vit", sigma=0.25, input_module=DnCNN(num_channels=3, depth=2, width=4))
+denoiser = DnCNN(num_channels=3, depth=2, width=4)
+model = SmoothedImageClassifier.from_pretrained("user/tiny-vit", sigma=0.25, input_module=denoiser)
 with torch.no_grad():  # a denoiser that is not the identity it starts as
     for parameter in model.input_module.parameters():
         parameter.add_(0.1 * torch.randn_like(parameter))
@@ -481,7 +503,8 @@ pushed = model.push_to_hub("user/vit-dncnn-smoothing", commit_message="DnCNN den
 pixels = load_file(request["pixels"])["pixels"]
 with torch.no_grad():
     save_file({"pushed": model(pixels).logits.contiguous()}, request["output"] + ".safetensors")
-print(json.dumps({"commit": pushed.oid, "certificates": [list(c) for c in model.certify(pixels, **request["certify"])]}))
+certificates = [list(c) for c in model.certify(pixels, **request["certify"])]
+print(json.dumps({"commit": pushed.oid, "certificates": certificates}))
 """
 
 

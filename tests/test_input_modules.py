@@ -76,6 +76,7 @@ def test_input_module_errors(tiny_vit_dir, tmp_path):
 
 def test_a_frozen_input_module_is_not_called_trained_in_the_card(tiny_vit_dir, tmp_path):
     module = PixelAffine(3).requires_grad_(False)
-    SmoothedImageClassifier.from_pretrained(tiny_vit_dir, sigma=0.25, input_module=module).save_pretrained(tmp_path / "frozen")
+    frozen = SmoothedImageClassifier.from_pretrained(tiny_vit_dir, sigma=0.25, input_module=module)
+    frozen.save_pretrained(tmp_path / "frozen")
     card = (tmp_path / "frozen" / "README.md").read_text()
     assert "Nothing was trained here" in card and "only the pixel_affine module was trained" not in card

@@ -69,12 +69,15 @@ def test_each_method_trains_only_its_parameters_and_round_trips(method, tiny_vit
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixels).logits, model(pixels).logits, rtol=0, atol=1e-6)
     certify = dict(n0=8, n=64, alpha=0.01, batch_size=32, seed=1)
-    assert [c.prediction for c in reloaded.certify(pixels, **certify)] == [c.prediction for c in model.certify(pixels, **certify)]
+    predictions = [[c.prediction for c in m.certify(pixels, **certify)] for m in (reloaded, model)]
+    assert predictions[0] == predictions[1]
 
 
 @pytest.mark.parametrize("method", RESNET_METHODS)
 def test_methods_apply_to_a_convolutional_model_and_keep_frozen_batchnorm_statistics(method, tiny_resnet_dir, tmp_path):
-    model = SmoothedImageClassifier.from_pretrained(tiny_resnet_dir, sigma=0.5, method=method, image_mean=[0.1], image_std=[0.3])
+    model = SmoothedImageClassifier.from_pretrained(
+        tiny_resnet_dir, sigma=0.5, method=method, image_mean=[0.1], image_std=[0.3]
+    )
     before = snapshot(model)
     train_a_few_steps(model, num_channels=1)
     after = snapshot(model)

@@ -51,13 +51,16 @@ def test_a_model_whose_noisy_prediction_is_constant_is_certified_at_the_maximal_
     with torch.no_grad():  # a head that ignores its input: class 7 always
         model.model.classifier.weight.zero_()
         model.model.classifier.bias.copy_(torch.arange(10) == 7)
-    prediction, radius, pa_lower, count, *_ = model.certify(torch.rand(3, 28, 28), n0=10, n=100, alpha=0.001, batch_size=50)
+    certificate = model.certify(torch.rand(3, 28, 28), n0=10, n=100, alpha=0.001, batch_size=50)
+    prediction, radius, pa_lower, count, *_ = certificate
     assert (prediction, count) == (7, 100)
     assert radius == pytest.approx(0.5 * norm.ppf(0.001 ** (1 / 100)))
 
 
 def test_peft_adapter_is_merged_into_a_copy_for_certification(tiny_vit_dir):
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"], init_lora_weights=False)
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"], init_lora_weights=False
+    )
     model = SmoothedImageClassifier.from_pretrained(tiny_vit_dir, sigma=0.25, peft_config=lora)
     assert model.config.peft_method == "lora"
     merged = model.inference_model()
@@ -98,7 +101,9 @@ def test_image_transform_resizes_and_rescales_without_normalizing(tiny_vit_dir):
 
 
 def test_smoothing_config_round_trips_through_json(tmp_path):
-    config = SmoothingConfig(sigma=0.5, image_mean=[0.5], image_std=[0.5], base_model_name_or_path="a/b", peft_method="lora")
+    config = SmoothingConfig(
+        sigma=0.5, image_mean=[0.5], image_std=[0.5], base_model_name_or_path="a/b", peft_method="lora"
+    )
     config.to_json_file(tmp_path / "smoothing_config.json")
     assert SmoothingConfig.from_json_file(tmp_path / "smoothing_config.json") == config
     assert not list(tmp_path.glob("*.tmp"))

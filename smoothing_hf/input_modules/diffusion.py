@@ -15,8 +15,12 @@ from typing import Any
 
 import torch
 
-from ..checks import check_sigma
+from ..checks import check_choice, check_sigma
 from .base import InputModule
+
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+"""What a DDPM's UNet may predict (its scheduler's ``prediction_type``); each is turned into x_0."""
 
 
 def diffusion_timestep(alphas_cumprod: torch.Tensor, sigma: float) -> int:
@@ -75,8 +79,7 @@ class DiffusionDenoiser(InputModule):
         self.timestep = diffusion_timestep(scheduler.alphas_cumprod, sigma)
         self.alpha_bar = float(scheduler.alphas_cumprod[self.timestep])
         self.prediction_type = scheduler.config.prediction_type
-        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
-            raise ValueError(f"unsupported scheduler prediction_type {self.prediction_type!r}")
+        check_choice(self.prediction_type, "scheduler_config['prediction_type']", PREDICTION_TYPES)
         self.num_channels = self.unet.config.in_channels
         size = self.unet.config.sample_size
         self.image_size = None if size is None else (size, size) if isinstance(size, int) else tuple(size)
