@@ -34,15 +34,7 @@ from .config import SMOOTHING_CONFIG_NAME, SmoothingConfig
 from .files import read_json
 from .hub import MODEL_CARD_NAME, write_model_card
 from .input_modules import InputModule, input_module_from_record
-from .methods import (
-    METHODS,
-    Saved,
-    apply_method,
-    head_module_names,
-    saved_form,
-    trainable_parameters,
-    trainable_state,
-)
+from .methods import METHODS, Saved, apply_method, head_module_names, saved_form, trainable_parameters, trainable_state
 from .transforms import load_image_processor, per_channel
 
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")

@@ -18,7 +18,6 @@ import torch
 from ..checks import check_choice, check_sigma
 from .base import InputModule
 
-
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 """What a DDPM's UNet may predict (its scheduler's ``prediction_type``); each is turned into x_0."""
 
