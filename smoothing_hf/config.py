@@ -140,11 +140,6 @@ class SmoothingConfig:
             raise type(error)(f"{os.fspath(path)}: {error}") from None
 
 
-def read_json_object(path: str | os.PathLike) -> dict:
-    """The JSON object in ``path`` (``files.read_json``); kept under this name until modeling.py reads through files."""
-    return read_json(path)
-
-
 def _check_keys(values: object, name: str, allowed: dict[str, str]) -> dict:
     if not isinstance(values, dict):
         raise TypeError(f"`{name}` must be a dict or None, got {type(values).__name__}")

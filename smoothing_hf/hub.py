@@ -266,6 +266,11 @@ def push_folder(
     config = _folder_config(folder)
     if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
         raise ValueError(f"`repo_id` must be a Hub repo id such as 'user/vit-lora-smoothing-0.25', got {repo_id!r}")
+    if create_pr and revision not in (None, "main"):
+        raise ValueError(
+            f"`create_pr=True` opens a pull request against the default branch; `revision` must be None with it, "
+            f"got {revision!r} (push to the branch without `create_pr`, or open the pull request from main)"
+        )
     needs_base = saved_form(config.peft_method, merged=config.merged) is not Saved.WHOLE_MODEL
     if config.base_model_name_or_path and needs_base and not _hub_id(config.base_model_name_or_path):
         logger.warning(

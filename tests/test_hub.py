@@ -530,3 +530,13 @@ def test_a_denoiser_composite_pushes_and_loads_by_repo_id_with_identical_certifi
     assert torch.equal(logits["composite"], load_file(tmp_path / "pushed.safetensors")["pushed"])
     assert results["composite"]["certificates"] == pushed["certificates"]
     assert results["composite"]["config"]["input_module"]["type"] == "dncnn"
+
+
+def test_a_pull_request_against_another_branch_is_refused_before_any_request(saved, monkeypatch):
+    # upload_folder opens pull requests against the default branch only; the repo used to be created first.
+    from smoothing_hf.hub import push_folder
+
+    monkeypatch.setattr("huggingface_hub.HfApi.create_repo", lambda *args, **kwargs: pytest.fail("a request was sent"))
+    root, _ = saved
+    with pytest.raises(ValueError, match="`revision` must be None with it, got 'dev'"):
+        push_folder(root / "lora", "user/vit-lora-smoothing", revision="dev", create_pr=True)

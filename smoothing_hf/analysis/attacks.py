@@ -33,7 +33,7 @@ from ..checks import (
     check_seed,
     check_sigma,
 )
-from ..files import read_rows, write_json, write_text
+from ..files import read_rows, write_json, write_rows
 from ..modeling import SmoothedImageClassifier
 from ..noise import derive_seed
 from .robustness import ROBUSTNESS_PLOT, plot_robustness, summarize_attack
@@ -240,7 +240,7 @@ def attack_dataset(
             seconds = (time.perf_counter() - tic) / len(indices)
             distances = (attacked - pixels).flatten(1).norm(dim=1).tolist()
             rows.extend(
-                {"idx": i, "label": y, "epsilon": epsilon, "distance": d, "predict": p, "correct": int(p == y),
+                {"idx": i, "label": y, "epsilon": float(epsilon), "distance": d, "predict": p, "correct": int(p == y),
                  "time": seconds}
                 for i, y, d, p in zip(indices, labels, distances, predictions)
             )
@@ -249,7 +249,7 @@ def attack_dataset(
     summary = summarize_attack(rows, certified_rows)
     summary["settings"] = settings
     os.makedirs(output_dir, exist_ok=True)
-    _write_rows(rows, os.path.join(output_dir, ATTACK_TSV))
+    write_rows(rows, os.path.join(output_dir, ATTACK_TSV), ATTACK_COLUMNS)
     write_json(summary, os.path.join(output_dir, "summary.json"))
     plot_robustness(summary, os.path.join(output_dir, ROBUSTNESS_PLOT))
     return summary
@@ -328,13 +328,3 @@ def _check_same_labels(certified_rows: list[dict], indices: list[int], labels: l
             f"`certified` gives other labels than the dataset for example indices {differing[:10]}: it certified "
             "another dataset or split"
         )
-
-
-def _write_rows(rows: list[dict], path: str) -> None:
-    lines = ["\t".join(ATTACK_COLUMNS)]
-    for row in rows:
-        lines.append("\t".join([
-            str(row["idx"]), str(row["label"]), repr(float(row["epsilon"])), repr(float(row["distance"])),
-            str(row["predict"]), str(row["correct"]), f"{row['time']:.4f}",
-        ]))
-    write_text("\n".join(lines) + "\n", path)
