@@ -25,15 +25,21 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import ViTConfig, ViTForImageClassification
 
-from smoothing_hf.files import write_json
 from smoothing_hf import Phase, SmoothedImageClassifier, SmoothingConfig
+from smoothing_hf.files import write_json
 
 
 def build_model(image_size: int, device: torch.device) -> SmoothedImageClassifier:
     torch.manual_seed(0)
     config = ViTConfig(
-        image_size=image_size, patch_size=4, num_channels=3, hidden_size=192, num_hidden_layers=6,
-        num_attention_heads=3, intermediate_size=768, num_labels=10,
+        image_size=image_size,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=192,
+        num_hidden_layers=6,
+        num_attention_heads=3,
+        intermediate_size=768,
+        num_labels=10,
     )
     smoothing = SmoothingConfig(sigma=0.25, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return SmoothedImageClassifier(ViTForImageClassification(config), smoothing).to(device).eval()
@@ -49,7 +55,9 @@ def bare_forward(model: torch.nn.Module, batches: list[torch.Tensor]) -> Callabl
     return run
 
 
-def smoother_counts(model: SmoothedImageClassifier, image: torch.Tensor, num_samples: int, batch_size: int, merge: bool) -> Callable[[], int]:
+def smoother_counts(
+    model: SmoothedImageClassifier, image: torch.Tensor, num_samples: int, batch_size: int, merge: bool
+) -> Callable[[], int]:
     smoother = model.smoother(merge_adapter=merge)
 
     def run() -> int:
@@ -59,7 +67,9 @@ def smoother_counts(model: SmoothedImageClassifier, image: torch.Tensor, num_sam
     return run
 
 
-def cohen_loop(model: torch.nn.Module, image: torch.Tensor, num_samples: int, batch_size: int, sigma: float) -> Callable[[], int]:
+def cohen_loop(
+    model: torch.nn.Module, image: torch.Tensor, num_samples: int, batch_size: int, sigma: float
+) -> Callable[[], int]:
     """Cohen et al.'s ``_sample_noise`` (locuslab/smoothing code/core.py), on the unmerged model."""
 
     def run() -> int:
@@ -104,22 +114,29 @@ def main() -> None:
     image = torch.rand(1, 3, args.image_size, args.image_size, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
     batches = [
-        image + 0.25 * torch.randn((args.batch_size, 3, args.image_size, args.image_size), generator=generator, device=device)
+        image
+        + 0.25 * torch.randn((args.batch_size, 3, args.image_size, args.image_size), generator=generator, device=device)
         for _ in range(args.num_samples // args.batch_size)
     ]
-    lora = SmoothedImageClassifier(
-        get_peft_model(
-            build_model(args.image_size, device).model,
-            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]),
-        ),
-        model.config,
-    ).to(device).eval()
+    lora = (
+        SmoothedImageClassifier(
+            get_peft_model(
+                build_model(args.image_size, device).model,
+                LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]),
+            ),
+            model.config,
+        )
+        .to(device)
+        .eval()
+    )
 
     rates = measure(
         {
             "bare_forward": bare_forward(model, batches),
             "smoother": smoother_counts(model, image, len(batches) * args.batch_size, args.batch_size, merge=False),
-            "lora_merged_smoother": smoother_counts(lora, image, len(batches) * args.batch_size, args.batch_size, merge=True),
+            "lora_merged_smoother": smoother_counts(
+                lora, image, len(batches) * args.batch_size, args.batch_size, merge=True
+            ),
             "lora_cohen_loop_unmerged": cohen_loop(lora, image, len(batches) * args.batch_size, args.batch_size, 0.25),
         },
         args.rounds,

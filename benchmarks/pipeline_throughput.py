@@ -20,15 +20,17 @@ import time
 
 import torch
 
-from smoothing_hf.files import write_json
 from smoothing_hf import ImageClassificationTransform, SmoothedImageClassifier, load_image_dataset
+from smoothing_hf.files import write_json
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
 
 def bare_forward_rate(model_dir: str, dataset_name: str, batch_size: int, batches: int) -> float:
     model = SmoothedImageClassifier.from_pretrained(model_dir).inference_model().eval()
-    example = load_image_dataset(dataset_name)["validation"].with_transform(ImageClassificationTransform.for_model(model))[0]
+    example = load_image_dataset(dataset_name)["validation"].with_transform(
+        ImageClassificationTransform.for_model(model)
+    )[0]
     image = example["pixel_values"]
     noisy = [image + model.sigma * torch.randn(batch_size, *image.shape) for _ in range(batches)]
     with torch.inference_mode():
@@ -41,12 +43,35 @@ def bare_forward_rate(model_dir: str, dataset_name: str, batch_size: int, batche
 
 def pipeline_rate(model_dir: str, processes: int, args: argparse.Namespace) -> float:
     with tempfile.TemporaryDirectory() as output:
-        launcher = [sys.executable] if processes == 1 else [
-            shutil.which("torchrun", path=os.path.dirname(sys.executable)), "--standalone", "--nproc_per_node", str(processes), "--"
+        launcher = (
+            [sys.executable]
+            if processes == 1
+            else [
+                shutil.which("torchrun", path=os.path.dirname(sys.executable)),
+                "--standalone",
+                "--nproc_per_node",
+                str(processes),
+                "--",
+            ]
+        )
+        command = [
+            *launcher,
+            "examples/certify.py",
+            "--model_name_or_path",
+            model_dir,
+            "--dataset_name",
+            args.dataset_name,
+            "--n0",
+            "100",
+            "--n",
+            str(args.n),
+            "--batch_size",
+            str(args.batch_size),
+            "--max_examples",
+            str(args.max_examples),
+            "--output_dir",
+            output,
         ]
-        command = [*launcher, "examples/certify.py", "--model_name_or_path", model_dir, "--dataset_name", args.dataset_name,
-                   "--n0", "100", "--n", str(args.n), "--batch_size", str(args.batch_size), "--max_examples",
-                   str(args.max_examples), "--output_dir", output]
         environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(max(1, os.cpu_count() // processes))}
         subprocess.run(command, cwd=ROOT, env=environment, check=True, capture_output=True)
         with open(os.path.join(output, "summary.json")) as handle:
@@ -63,11 +88,17 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results/pipeline_throughput.json")
     args = parser.parse_args()
 
-    bare = bare_forward_rate(args.model, args.dataset_name, args.batch_size, batches=args.max_examples * (args.n + 100) // args.batch_size // 4)
+    bare = bare_forward_rate(
+        args.model,
+        args.dataset_name,
+        args.batch_size,
+        batches=args.max_examples * (args.n + 100) // args.batch_size // 4,
+    )
     one = pipeline_rate(args.model, 1, args)
     two = pipeline_rate(args.model, 2, args)
     result = {
-        "settings": vars(args), "cpu_count": os.cpu_count(),
+        "settings": vars(args),
+        "cpu_count": os.cpu_count(),
         "samples_per_second": {"bare_forward": bare, "pipeline_1_process": one, "pipeline_2_processes": two},
         "ratios": {"pipeline_1_process_over_bare": one / bare, "pipeline_2_processes_over_bare": two / bare},
     }

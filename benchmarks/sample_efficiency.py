@@ -24,8 +24,7 @@ import time
 import numpy as np
 import torch
 
-from smoothing_hf import ABSTAIN, SmoothedImageClassifier, derive_seed
-from smoothing_hf import ImageClassificationTransform, load_image_dataset
+from smoothing_hf import ABSTAIN, ImageClassificationTransform, SmoothedImageClassifier, derive_seed, load_image_dataset
 from smoothing_hf.files import write_json
 
 RADII = (0.0, 0.25, 0.5, 0.75)
@@ -44,15 +43,21 @@ def main() -> None:
     parser.add_argument("--n0", type=int, default=100)
     parser.add_argument("--n", type=int, default=100_000, help="Standard n, and max_n of the sequential modes.")
     parser.add_argument("--alpha", type=float, default=0.001)
-    parser.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5], help="Radii tested in fixed-radius mode.")
-    parser.add_argument("--tolerances", type=float, nargs="+", default=[0.02, 0.05], help="Tolerances of adaptive mode.")
+    parser.add_argument(
+        "--radii", type=float, nargs="+", default=[0.25, 0.5], help="Radii tested in fixed-radius mode."
+    )
+    parser.add_argument(
+        "--tolerances", type=float, nargs="+", default=[0.02, 0.05], help="Tolerances of adaptive mode."
+    )
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="benchmarks/results/sample_efficiency.json")
     args = parser.parse_args()
 
     model = SmoothedImageClassifier.from_pretrained(args.model)
-    split = load_image_dataset(args.dataset_name)["validation"].with_transform(ImageClassificationTransform.for_model(model))
+    split = load_image_dataset(args.dataset_name)["validation"].with_transform(
+        ImageClassificationTransform.for_model(model)
+    )
     indices = list(range(0, len(split), len(split) // args.num_images))[: args.num_images]
     items = [split[i] for i in indices]
     images = torch.stack([item["pixel_values"] for item in items])
@@ -69,7 +74,10 @@ def main() -> None:
     standard_radii = np.array([c.radius for c in standard])
     results = {
         "standard": {
-            "n0": args.n0, "n": args.n, "mean_samples": float(standard_samples.mean()), "seconds": standard_seconds,
+            "n0": args.n0,
+            "n": args.n,
+            "mean_samples": float(standard_samples.mean()),
+            "seconds": standard_seconds,
             "certified_accuracy": {f"{r:g}": certified_accuracy(standard_correct, standard_radii, r) for r in RADII},
             "acr": float(np.mean(standard_radii * standard_correct)),
         },
@@ -86,9 +94,12 @@ def main() -> None:
         accuracy = float(100 * certified.mean())
         reference = certified_accuracy(standard_correct, standard_radii, radius)
         results["fixed_radius"][f"{radius:g}"] = {
-            "certified_accuracy": accuracy, "standard_certified_accuracy": reference,
-            "difference_pp": accuracy - reference, "mean_samples": float(samples.mean()),
-            "median_samples": float(np.median(samples)), "samples_ratio": float(standard_samples.mean() / samples.mean()),
+            "certified_accuracy": accuracy,
+            "standard_certified_accuracy": reference,
+            "difference_pp": accuracy - reference,
+            "mean_samples": float(samples.mean()),
+            "median_samples": float(np.median(samples)),
+            "samples_ratio": float(standard_samples.mean() / samples.mean()),
             "images_decided_differently": int(np.sum(certified != (standard_correct & (standard_radii >= radius)))),
             "seconds": seconds,
         }
@@ -104,26 +115,42 @@ def main() -> None:
         results["adaptive"][f"{tolerance:g}"] = {
             "certified_accuracy": accuracy,
             "difference_pp": {r: accuracy[r] - results["standard"]["certified_accuracy"][r] for r in accuracy},
-            "acr": float(np.mean(radii * correct)), "acr_difference": float(np.mean(radii * correct) - results["standard"]["acr"]),
-            "mean_samples": float(samples.mean()), "median_samples": float(np.median(samples)),
-            "samples_ratio": float(standard_samples.mean() / samples.mean()), "seconds": seconds,
+            "acr": float(np.mean(radii * correct)),
+            "acr_difference": float(np.mean(radii * correct) - results["standard"]["acr"]),
+            "mean_samples": float(samples.mean()),
+            "median_samples": float(np.median(samples)),
+            "samples_ratio": float(standard_samples.mean() / samples.mean()),
+            "seconds": seconds,
         }
 
     report = {
-        "model": os.path.abspath(args.model), "dataset": args.dataset_name, "split": "validation",
-        "indices": indices, "num_images": len(indices), "sigma": model.sigma, "alpha": args.alpha,
-        "batch_size": args.batch_size, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "model": os.path.abspath(args.model),
+        "dataset": args.dataset_name,
+        "split": "validation",
+        "indices": indices,
+        "num_images": len(indices),
+        "sigma": model.sigma,
+        "alpha": args.alpha,
+        "batch_size": args.batch_size,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         **results,
     }
     write_json(report, args.output)
-    print(f"standard: n0 = {args.n0}, n = {args.n}: {standard_samples.mean():.0f} samples per image, "
-          f"certified {results['standard']['certified_accuracy']}, ACR {results['standard']['acr']:.3f}")
+    print(
+        f"standard: n0 = {args.n0}, n = {args.n}: {standard_samples.mean():.0f} samples per image, "
+        f"certified {results['standard']['certified_accuracy']}, ACR {results['standard']['acr']:.3f}"
+    )
     for radius, row in results["fixed_radius"].items():
-        print(f"fixed radius {radius}: {row['certified_accuracy']:.1f}% (standard {row['standard_certified_accuracy']:.1f}%), "
-              f"{row['mean_samples']:.0f} samples per image = {row['samples_ratio']:.1f}x fewer")
+        print(
+            f"fixed radius {radius}: {row['certified_accuracy']:.1f}% "
+            f"(standard {row['standard_certified_accuracy']:.1f}%), "
+            f"{row['mean_samples']:.0f} samples per image = {row['samples_ratio']:.1f}x fewer"
+        )
     for tolerance, row in results["adaptive"].items():
-        print(f"adaptive, tolerance {tolerance}: certified {row['certified_accuracy']}, ACR {row['acr']:.3f}, "
-              f"{row['mean_samples']:.0f} samples per image = {row['samples_ratio']:.1f}x fewer")
+        print(
+            f"adaptive, tolerance {tolerance}: certified {row['certified_accuracy']}, ACR {row['acr']:.3f}, "
+            f"{row['mean_samples']:.0f} samples per image = {row['samples_ratio']:.1f}x fewer"
+        )
 
 
 if __name__ == "__main__":

@@ -224,6 +224,8 @@ def train_ddpm(
     last = scheduler.config.num_train_timesteps - 1 if max_timestep is None else int(max_timestep)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=0.0)
     warmup_steps = max(1, min(100, max_steps // 5))
+    # Ours, not transformers' get_constant_schedule_with_warmup (which starts at 0, not 1 / warmup_steps): switching
+    # would change the embedded DDPM and the published diffusion figures.
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
     data = 2 * images.float() - 1
     unet.train()

@@ -22,20 +22,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from accelerate import PartialState
 from transformers import AutoConfig, TrainingArguments, set_seed
 
 from .baselines import DenoiserTrainer, DiffusionDenoiser, DnCNN
 from .data import check_labels
-from .transforms import ImageClassificationTransform
-from .files import read_json, write_json, write_text
+from .files import read_json, write_json
 from .methods import METHODS, Trains, trainable_parameters
 from .modeling import SmoothedImageClassifier
 from .pipeline import certify
-from .reporting import COMPARISON_RADII, plot_certified_accuracy, read_run, summarize_run
-from .certification import largest_certifiable_radius
+from .reporting.comparison import CERTIFY_DIR, TRAIN_RESULTS_NAME, write_comparison
 from .trainer import SmoothingTrainer
+from .transforms import ImageClassificationTransform
 
 COMPARISON_METHODS = {
     "base": "the base model, unadapted (no training)",
@@ -48,13 +46,13 @@ COMPARISON_METHODS = {
     "consistency": "LoRA with consistency regularization (Jeong and Shin, 2020; m = 2)",
     "dncnn-mse": "DnCNN denoiser, MSE objective (Salman et al., 2020)",
     "dncnn-stability": "DnCNN denoiser, stability objective (Salman et al., 2020)",
-    "dncnn-surrogate": "DnCNN denoiser, stability objective through a surrogate model (query access; Salman et al., 2020)",
+    "dncnn-surrogate": (
+        "DnCNN denoiser, stability objective through a surrogate model (query access; Salman et al., 2020)"
+    ),
     "diffusion": "one-shot DDPM denoising at t* (Carlini et al., 2023)",
 }
 """Methods ``run_comparison`` trains itself, with a description; any ``METHODS`` name is accepted too."""
 
-TRAIN_RESULTS_NAME = "train_results.json"
-CERTIFY_DIR = "certify"
 
 
 @dataclass
@@ -69,9 +67,12 @@ class ComparisonSettings:
     denoiser_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the DnCNN denoisers."})
     consistency_weight: float = field(default=5.0, metadata={"help": "Weight of the consistency loss (m = 2 copies)."})
     dncnn_options: str = field(default='{"depth": 6, "width": 16}', metadata={"help": "DnCNN options (JSON)."})
-    diffusion_model: str | None = field(default=None, metadata={"help": "DDPM pipeline (Hub id or folder) of 'diffusion'."})
+    diffusion_model: str | None = field(
+        default=None, metadata={"help": "DDPM pipeline (Hub id or folder) of 'diffusion'."}
+    )
     surrogate_model: str | None = field(
-        default=None, metadata={"help": "Classifier (Hub id or folder) that stands in for the base in 'dncnn-surrogate'."}
+        default=None,
+        metadata={"help": "Classifier (Hub id or folder) that stands in for the base in 'dncnn-surrogate'."},
     )
     eval_batch_size: int = field(default=250, metadata={"help": "Images per evaluation batch (accuracy under noise)."})
     n0: int = field(default=100, metadata={"help": "Selection samples per image."})
@@ -103,7 +104,9 @@ def build_model(method: str, base: str, settings: ComparisonSettings) -> Smoothe
     if method == "base":
         return SmoothedImageClassifier.from_pretrained(base, sigma=sigma).requires_grad_(False)
     if method in METHODS or method == "consistency":
-        return SmoothedImageClassifier.from_pretrained(base, sigma=sigma, method="lora" if method == "consistency" else method)
+        return SmoothedImageClassifier.from_pretrained(
+            base, sigma=sigma, method="lora" if method == "consistency" else method
+        )
     if method in ("dncnn-mse", "dncnn-stability", "dncnn-surrogate"):
         if method == "dncnn-surrogate":
             method_model(method, settings)  # trained through it (see _train)
@@ -142,26 +145,49 @@ def _certify(model: SmoothedImageClassifier, validation: Any, settings: Comparis
     if read_json(os.path.join(output_dir, "summary.json"), missing_ok=True).get("num_examples") == expected:
         return
     certify(
-        model, validation.with_transform(ImageClassificationTransform.for_model(model)), n0=settings.n0, n=settings.n,
-        alpha=settings.alpha, batch_size=settings.certify_batch_size, seed=settings.certify_seed, skip=settings.skip,
-        max_examples=settings.max_examples, output_dir=output_dir,
+        model,
+        validation.with_transform(ImageClassificationTransform.for_model(model)),
+        n0=settings.n0,
+        n=settings.n,
+        alpha=settings.alpha,
+        batch_size=settings.certify_batch_size,
+        seed=settings.certify_seed,
+        skip=settings.skip,
+        max_examples=settings.max_examples,
+        output_dir=output_dir,
     )
 
 
-def _train(method: str, base: str, dataset: Any, settings: ComparisonSettings, output_dir: str, seed: int) -> SmoothedImageClassifier:
+def _train(
+    method: str, base: str, dataset: Any, settings: ComparisonSettings, output_dir: str, seed: int
+) -> SmoothedImageClassifier:
     set_seed(seed)  # before the model is built: new heads, adapters and denoisers start from the seed
     model = build_model(method, base, settings)
     check_labels(dataset, model.num_labels)
     transform = ImageClassificationTransform.for_model(model)
-    data = {"train_dataset": dataset["train"].with_transform(transform), "eval_dataset": dataset["validation"].with_transform(transform)}
-    learning_rate = settings.full_learning_rate if _trains_every_parameter(method) else (
-        settings.denoiser_learning_rate if method.startswith("dncnn-") else settings.learning_rate
+    data = {
+        "train_dataset": dataset["train"].with_transform(transform),
+        "eval_dataset": dataset["validation"].with_transform(transform),
+    }
+    learning_rate = (
+        settings.full_learning_rate
+        if _trains_every_parameter(method)
+        else (settings.denoiser_learning_rate if method.startswith("dncnn-") else settings.learning_rate)
     )
     args = TrainingArguments(
-        output_dir=os.path.join(output_dir, "trainer"), num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.eval_batch_size,
-        learning_rate=learning_rate, warmup_steps=20, lr_scheduler_type="cosine", report_to=[], save_strategy="no",
-        logging_strategy="no", disable_tqdm=True, seed=seed, dataloader_num_workers=0,
+        output_dir=os.path.join(output_dir, "trainer"),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=20,
+        lr_scheduler_type="cosine",
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=seed,
+        dataloader_num_workers=0,
     )
     if method == "dncnn-surrogate":
         surrogate = SmoothedImageClassifier.from_pretrained(method_model(method, settings), sigma=settings.sigma)
@@ -169,7 +195,9 @@ def _train(method: str, base: str, dataset: Any, settings: ComparisonSettings, o
     elif method.startswith("dncnn-"):
         trainer = DenoiserTrainer(model, args, objective=method.removeprefix("dncnn-"), **data)
     elif method == "consistency":
-        trainer = SmoothingTrainer(model, args, num_noise_samples=2, consistency_weight=settings.consistency_weight, **data)
+        trainer = SmoothingTrainer(
+            model, args, num_noise_samples=2, consistency_weight=settings.consistency_weight, **data
+        )
     else:
         trainer = SmoothingTrainer(model, args, **data)
     trains = method not in ("base", "diffusion")
@@ -180,10 +208,18 @@ def _train(method: str, base: str, dataset: Any, settings: ComparisonSettings, o
     after = trainer.evaluate()["eval_accuracy"] if trains else before
     trainable, total = trainable_parameters(model) if trains else (0, sum(p.numel() for p in model.parameters()))
     record = {
-        "method": method, "seed": seed, "sigma": settings.sigma, "base_model_name_or_path": base,
-        "trainable_parameters": trainable, "total_parameters": total, "training_seconds": training_seconds,
-        "steps": steps, "noisy_accuracy_before": before, "noisy_accuracy_after": after,
-        "learning_rate": learning_rate if trains else None, "epochs": settings.epochs if trains else 0,
+        "method": method,
+        "seed": seed,
+        "sigma": settings.sigma,
+        "base_model_name_or_path": base,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "training_seconds": training_seconds,
+        "steps": steps,
+        "noisy_accuracy_before": before,
+        "noisy_accuracy_after": after,
+        "learning_rate": learning_rate if trains else None,
+        "epochs": settings.epochs if trains else 0,
     }
     model.record_training(noisy_accuracy=after, **({"steps": steps, "epochs": settings.epochs} if trains else {}))
     if trainer.is_world_process_zero():
@@ -199,7 +235,8 @@ def _trains_every_parameter(method: str) -> bool:
 
 
 def run_folder(output_dir: str | os.PathLike, method: str, seed: int, seeded: bool) -> str:
-    """Where a run goes: ``output_dir/method`` or, for a method run with several seeds, ``output_dir/method-seed<seed>``."""
+    """Where a run goes: ``output_dir/method`` or, for a method run with several seeds,
+    ``output_dir/method-seed<seed>``."""
     return os.path.join(output_dir, f"{method}-seed{seed}" if seeded else method)
 
 
@@ -224,8 +261,10 @@ def run_comparison(
     if not seeds:
         raise ValueError("`seeds` must hold at least one seed")
     planned = {  # method -> (seed, run folder) of each of its runs
-        method: [(seed, run_folder(output_dir, method, seed, method in seeded_methods and len(seeds) > 1))
-                 for seed in (seeds if method in seeded_methods else seeds[:1])]
+        method: [
+            (seed, run_folder(output_dir, method, seed, method in seeded_methods and len(seeds) > 1))
+            for seed in (seeds if method in seeded_methods else seeds[:1])
+        ]
         for method in methods
     }
     for method, method_runs in planned.items():  # an untrained method that does not apply to this base fails here,
@@ -238,13 +277,17 @@ def run_comparison(
     for label, folder in (pretrained or {}).items():
         model = SmoothedImageClassifier.from_pretrained(folder)
         if model.sigma != settings.sigma:
-            raise ValueError(f"the pretrained run {label!r} ({folder}) has sigma {model.sigma}, the comparison {settings.sigma}")
+            raise ValueError(
+                f"the pretrained run {label!r} ({folder}) has sigma {model.sigma}, the comparison {settings.sigma}"
+            )
         _certify(model, dataset["validation"], settings, os.path.join(output_dir, label, CERTIFY_DIR))
         runs[label] = [os.path.join(output_dir, label)]
         _link_pretrained(folder, os.path.join(output_dir, label))
     markdown = ""
     if PartialState().is_main_process:
-        markdown = write_comparison(runs, output_dir, settings=dataclasses.asdict(settings) | {"base": base, "seeds": list(seeds)})
+        markdown = write_comparison(
+            runs, output_dir, settings=dataclasses.asdict(settings) | {"base": base, "seeds": list(seeds)}
+        )
     PartialState().wait_for_everyone()
     return markdown
 
@@ -259,125 +302,3 @@ def _link_pretrained(folder: str | os.PathLike, run: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the table
-
-
-def comparison_rows(runs: Mapping[str, Sequence[str | os.PathLike]], radii: Sequence[float] = COMPARISON_RADII) -> list[dict]:
-    """One row per label of ``runs`` (label -> its run folders, one per seed; each with ``certify/`` and,
-    where known, ``train_results.json``): ``name``, ``seeds``, ``num_examples``, ``certified_accuracy`` and
-    ``acr`` (means over the seeds) with ``certified_accuracy_std`` and ``acr_std`` (sample standard
-    deviations, None for one seed), ``trainable_parameters``, ``training_seconds`` and
-    ``samples_per_second`` (certification throughput; means over the seeds; None where unknown)."""
-    rows = []
-    for name, folders in runs.items():
-        if not folders:
-            raise ValueError(f"run {name!r} has no folders")
-        summaries = [summarize_run(read_run(os.path.join(f, CERTIFY_DIR), name), radii) for f in folders]
-        trained = [read_json(os.path.join(f, TRAIN_RESULTS_NAME), missing_ok=True) for f in folders]
-        certified = [read_json(os.path.join(f, CERTIFY_DIR, "summary.json"), missing_ok=True) for f in folders]
-        accuracy = {key: [s["certified_accuracy"][key] for s in summaries] for key in summaries[0]["certified_accuracy"]}
-        acr = [s["acr"] for s in summaries]
-        rows.append({
-            "name": name, "seeds": len(folders), "num_examples": summaries[0]["num_examples"],
-            "certified_accuracy": {key: _mean(values) for key, values in accuracy.items()},
-            "certified_accuracy_std": {key: _std(values) for key, values in accuracy.items()},
-            "acr": _mean(acr), "acr_std": _std(acr),
-            "trainable_parameters": _mean([t.get("trainable_parameters") for t in trained]),
-            "training_seconds": _mean([t.get("training_seconds") for t in trained]),
-            "samples_per_second": _mean([c.get("samples_per_second") for c in certified]),
-            "noisy_accuracy": _mean([t.get("noisy_accuracy_after") for t in trained]),
-        })
-    return rows
-
-
-def comparison_table(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_RADII, latex: bool = False) -> str:
-    """``comparison_rows`` as a Markdown table (or a LaTeX ``tabular`` with booktabs rules): method, trainable
-    parameters, training seconds, certification samples per second, certified accuracy (%) at ``radii`` and
-    ACR, ``mean ± std`` over seeds; the best mean of each accuracy and ACR column is marked (``*``, bold)."""
-    keys = [f"{r:g}" for r in radii]
-    columns: list[list[tuple[float | None, float | None]]] = [
-        [(None if row["certified_accuracy"].get(k) is None else 100 * row["certified_accuracy"][k],
-          None if row["certified_accuracy_std"].get(k) is None else 100 * row["certified_accuracy_std"][k]) for row in rows]
-        for k in keys
-    ] + [[(row["acr"], row["acr_std"]) for row in rows]]
-    digits = [1] * len(keys) + [3]
-    cells = []
-    for row in rows:
-        line = [row["name"] + (f" ({row['seeds']} seeds)" if row["seeds"] > 1 else ""),
-                _number(row["trainable_parameters"], "{:,.0f}"), _number(row["training_seconds"], "{:.0f}"),
-                _number(row["samples_per_second"], "{:.0f}")]
-        cells.append(line)
-    for column, places in zip(columns, digits):
-        means = [None if mean is None else round(mean, places) for mean, _ in column]
-        known = {m for m in means if m is not None}
-        best = max(known) if len(known) > 1 else None
-        for line, (mean, spread), rounded in zip(cells, column, means):
-            text = "—" if mean is None else f"{mean:.{places}f}" + ("" if spread is None else f" ± {spread:.{places}f}")
-            marked = rounded is not None and rounded == best
-            line.append((f"\\textbf{{{text}}}" if marked else text) if latex else text + ("*" if marked else ""))
-    header = ["method", "trainable", "train s", "samples/s", *(f"r = {k}" for k in keys), "ACR"]
-    if not latex:
-        lines = [header, ["---"] * len(header), *cells]
-        return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
-    escape = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "±": r"$\pm$", "—": "---"}
-    body = [" & ".join("".join(escape.get(ch, ch) for ch in cell) for cell in line) + " \\\\" for line in cells]
-    return "\n".join([
-        "% certified accuracy (%) at l2 radius r (pixels in [0, 1]), mean ± std over seeds; needs \\usepackage{booktabs}",
-        "\\begin{tabular}{l" + "r" * 3 + "c" * (len(keys) + 1) + "}", "\\toprule",
-        " & ".join(["Method", "Trainable", "Train (s)", "Samples/s", *(f"$r = {k}$" for k in keys), "ACR"]) + " \\\\",
-        "\\midrule", *body, "\\bottomrule", "\\end{tabular}",
-    ])
-
-
-def write_comparison(
-    runs: Mapping[str, Sequence[str | os.PathLike]],
-    output_dir: str | os.PathLike,
-    *,
-    radii: Sequence[float] = COMPARISON_RADII,
-    settings: dict | None = None,
-    title: str | None = None,
-) -> str:
-    """Write ``comparison.md``, ``comparison.tex``, ``comparison.json`` (rows and settings) and
-    ``certified_accuracy.png`` (one curve per label; seeds pooled, which is the mean curve when every seed
-    certified the same images) into ``output_dir``. Returns the Markdown table."""
-    rows = comparison_rows(runs, radii)
-    markdown = comparison_table(rows, radii)
-    os.makedirs(output_dir, exist_ok=True)
-    curves = {name: [row for f in folders for row in read_run(os.path.join(f, CERTIFY_DIR)).rows] for name, folders in runs.items()}
-    plot_certified_accuracy({name: rows for name, rows in curves.items() if rows},
-                            os.path.join(output_dir, "certified_accuracy.png"), title=title)
-    sigma = f" at sigma = {settings['sigma']:g}" if settings and settings.get("sigma") else ""
-    write_text(
-        f"# Methods compared{sigma}\n\nCertified accuracy (%) at l2 radius r (pixels in [0, 1]) and ACR, mean ± std over "
-        "training seeds where there are several; `*` marks the best mean per column. Trainable parameters, training "
-        "seconds and certification samples per second (forward passes of noisy images) as measured in this run."
-        f"{_certification_note(settings, rows)}\n\n{markdown}\n\n![certified accuracy against radius](certified_accuracy.png)\n",
-        os.path.join(output_dir, "comparison.md"),
-    )
-    write_text(comparison_table(rows, radii, latex=True) + "\n", os.path.join(output_dir, "comparison.tex"))
-    write_json({"settings": settings, "runs": {k: [os.fspath(f) for f in v] for k, v in runs.items()}, "rows": rows},
-               os.path.join(output_dir, "comparison.json"))
-    return markdown
-
-
-def _certification_note(settings: Mapping[str, Any] | None, rows: Sequence[dict]) -> str:
-    """What was certified, and the largest radius its n can certify (columns past it read 0 by construction)."""
-    if not settings or not all(settings.get(key) for key in ("sigma", "n", "alpha", "n0")):
-        return ""
-    images = " / ".join(str(count) for count in sorted({row["num_examples"] for row in rows}))
-    ceiling = largest_certifiable_radius(settings["n"], settings["alpha"], settings["sigma"])
-    return (
-        f" Certified: {images} held-out images, n0 = {settings['n0']:,}, n = {settings['n']:,}, alpha = {settings['alpha']:g}; "
-        f"with this n no radius above sigma * Phi^-1(alpha^(1/n)) = {ceiling:.3f} can be certified."
-    )
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    return None if any(v is None for v in values) else float(np.mean(values))
-
-
-def _std(values: Sequence[float | None]) -> float | None:
-    return None if len(values) < 2 or any(v is None for v in values) else float(np.std(values, ddof=1))
-
-
-def _number(value: float | None, text: str) -> str:
-    return "—" if value is None else text.format(value)

@@ -63,7 +63,8 @@ class SmoothingConfig:
     )
     base_model_revision: str | None = field(default=None, metadata={"help": "Revision (commit) of the base model."})
     peft_method: str | None = field(
-        default=None, metadata={"help": "Fine-tuning method of the adapter (a name in smoothing_hf.methods.METHODS), if any."}
+        default=None,
+        metadata={"help": "Fine-tuning method of the adapter (a name in smoothing_hf.methods.METHODS), if any."},
     )
     method_options: dict = field(default_factory=dict, metadata={"help": "Options the method was applied with."})
     id2label: dict[str, str] | None = field(
@@ -71,18 +72,27 @@ class SmoothingConfig:
     )
     input_module: dict | None = field(
         default=None,
-        metadata={"help": "Pixel-to-pixel module before the frozen base model (denoiser, black-box coordinator): {'type', 'options'}."},
+        metadata={
+            "help": "Pixel-to-pixel module before the frozen base model (denoiser, black-box coordinator): "
+            "{'type', 'options'}."
+        },
     )
     merged: bool = field(
         default=False,
-        metadata={"help": "The folder holds the whole model with the adapter folded into its weights (plain transformers loads it)."},
+        metadata={
+            "help": "The folder holds the whole model with the adapter folded into its weights "
+            "(plain transformers loads it)."
+        },
     )
     training: dict | None = field(
         default=None, metadata={"help": f"How the model was trained, when known; keys: {', '.join(TRAINING_KEYS)}."}
     )
     certification: dict | None = field(
         default=None,
-        metadata={"help": f"Settings and results of the latest certification, when known; keys: {', '.join(CERTIFICATION_KEYS)}."},
+        metadata={
+            "help": "Settings and results of the latest certification, when known; keys: "
+            f"{', '.join(CERTIFICATION_KEYS)}."
+        },
     )
 
     def __post_init__(self) -> None:

@@ -128,7 +128,8 @@ def read_rows(path: str | os.PathLike, required: Sequence[str] = COHEN_COLUMNS) 
         warnings.warn(
             f"{path}, line {len(lines) + 1}: no newline at its end, as a write cut short by a crash leaves it; "
             f"the line is ignored ({torn!r}). End the file with a newline if the line is complete.",
-            UserWarning, stacklevel=2,
+            UserWarning,
+            stacklevel=2,
         )
     return rows
 
@@ -162,7 +163,9 @@ def _parse_row(line: str, header: list[str], path: str | os.PathLike, number: in
     """One complete line of a result TSV as a row (``read_rows``); ValueError naming file and line."""
     fields = line.rstrip("\r").split("\t")
     if len(fields) != len(header):
-        raise ValueError(f"{path}, line {number}: {len(fields)} tab-separated fields, the header has {len(header)}: {line!r}")
+        raise ValueError(
+            f"{path}, line {number}: {len(fields)} tab-separated fields, the header has {len(header)}: {line!r}"
+        )
     values = dict(zip(header, fields))
     row: dict = {}
     try:

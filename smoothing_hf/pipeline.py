@@ -38,10 +38,25 @@ from .reporting import DEFAULT_RADII, plot_certified_accuracy
 
 SETTINGS_NAME = "settings.json"
 RESUME_KEYS = (
-    "mode", "sigma", "n0", "n", "alpha", "seed", "skip", "num_shards", "shard_index", "model", "num_dataset_examples",
-    "radius", "max_n", "tolerance", "growth",
+    "mode",
+    "sigma",
+    "n0",
+    "n",
+    "alpha",
+    "seed",
+    "skip",
+    "num_shards",
+    "shard_index",
+    "model",
+    "num_dataset_examples",
+    "radius",
+    "max_n",
+    "tolerance",
+    "growth",
 )
 """Settings a resumed run must share with the folder's recorded ones (batch size and process count may differ)."""
+
+
 def certify(
     model: SmoothedImageClassifier,
     dataset: Any,
@@ -98,12 +113,21 @@ def certify(
     state = PartialState(cpu=not torch.cuda.is_available())
     given = {"n0": n0, "n": n, "radius": radius, "max_n": max_n, "tolerance": tolerance, "growth": growth}
     settings = {
-        "mode": mode, "sigma": model.sigma, **{key: value if key in chosen.takes else None for key, value in given.items()},
-        "alpha": alpha, "seed": seed, "skip": skip, "max_examples": max_examples, "num_shards": num_shards,
+        "mode": mode,
+        "sigma": model.sigma,
+        **{key: value if key in chosen.takes else None for key, value in given.items()},
+        "alpha": alpha,
+        "seed": seed,
+        "skip": skip,
+        "max_examples": max_examples,
+        "num_shards": num_shards,
         "shard_index": shard_index,
-        "model": {"base_model_name_or_path": model.config.base_model_name_or_path,
-                  "base_model_revision": model.config.base_model_revision, "method": model.config.peft_method,
-                  "input_module": (model.config.input_module or {}).get("type")},
+        "model": {
+            "base_model_name_or_path": model.config.base_model_name_or_path,
+            "base_model_revision": model.config.base_model_revision,
+            "method": model.config.peft_method,
+            "input_module": (model.config.input_module or {}).get("type"),
+        },
         "num_dataset_examples": len(dataset),
     }
     selected = list(range(0, len(dataset), skip))[:max_examples][shard_index::num_shards]
@@ -112,8 +136,13 @@ def certify(
     smoother = model.to(state.device).smoother()
 
     started = time.perf_counter()
-    progress = tqdm(total=len(selected), initial=len(selected) - len(remaining), desc=mode, unit="img",
-                    disable=not state.is_main_process)
+    progress = tqdm(
+        total=len(selected),
+        initial=len(selected) - len(remaining),
+        desc=mode,
+        unit="img",
+        disable=not state.is_main_process,
+    )
     new_rows: list[dict] = []
     spent = 0  # samples drawn by all processes in this run (estimated from this one's progress)
     writes_rows = state.is_main_process or not sample_parallel
@@ -136,7 +165,9 @@ def certify(
                 if writes_rows:
                     append(row)
                     new_rows.append(row)
-            spent += sum(row["samples"] for row in new_rows[-len(indices):]) * (1 if sample_parallel else state.num_processes)
+            spent += sum(row["samples"] for row in new_rows[-len(indices) :]) * (
+                1 if sample_parallel else state.num_processes
+            )
             progress.update(len(indices) * (1 if sample_parallel else state.num_processes))
             progress.set_postfix(samples_per_s=f"{spent / (time.perf_counter() - started):.0f}")
     progress.close()
@@ -152,7 +183,8 @@ def certify(
         summary = _finish(rows, settings, output_dir, chosen, radii, rate)
         if evaluate_metric is not None and chosen.plots:
             summary["evaluate"] = evaluate_metric.compute(
-                predictions=[r["predict"] for r in rows], radii=[r["radius"] for r in rows],
+                predictions=[r["predict"] for r in rows],
+                radii=[r["radius"] for r in rows],
                 references=[r["label"] for r in rows],
             )
             write_json(summary, os.path.join(output_dir, "summary.json"))
@@ -200,7 +232,13 @@ def merge_shards(
 
 
 def _check_mode(
-    mode: str, n0: int, n: int, radius: float | None, max_n: int | None, tolerance: float | None, growth: float,
+    mode: str,
+    n0: int,
+    n: int,
+    radius: float | None,
+    max_n: int | None,
+    tolerance: float | None,
+    growth: float,
     sample_parallel: bool,
 ) -> Mode:
     """The ``MODES`` row of ``mode``, after checking the settings it takes; a setting without a default
@@ -224,7 +262,9 @@ def _check_mode(
             f"mode={mode!r} needs `max_n`, the most estimation samples per image, an int >= n0 = {n0}; got {max_n!r}"
         )
     if "radius" in chosen.takes and not (is_number(radius) and radius >= 0):
-        raise ValueError(f"mode={mode!r} needs `radius`, the l2 radius to test (>= 0, pixels in [0, 1]); got {radius!r}")
+        raise ValueError(
+            f"mode={mode!r} needs `radius`, the l2 radius to test (>= 0, pixels in [0, 1]); got {radius!r}"
+        )
     if "tolerance" in chosen.takes and not (is_number(tolerance) and tolerance > 0):
         raise ValueError(f"mode={mode!r} needs `tolerance`, a radius > 0 (l2, pixels in [0, 1]); got {tolerance!r}")
     if "growth" in chosen.takes:
@@ -259,7 +299,12 @@ def _resume(output_dir: str | os.PathLike, settings: dict, chosen: Mode, state: 
         )
     files = [os.path.join(output_dir, chosen.tsv_name), *sorted(glob.glob(os.path.join(output_dir, "progress-*.tsv")))]
     # A progress file a kill left before its header was flushed is empty: it holds no rows.
-    rows = [row for file in files if os.path.isfile(file) and os.path.getsize(file) for row in read_rows(file, chosen.columns)]
+    rows = [
+        row
+        for file in files
+        if os.path.isfile(file) and os.path.getsize(file)
+        for row in read_rows(file, chosen.columns)
+    ]
     state.wait_for_everyone()  # every process has read the folder before any appends to it
     return {row["idx"]: row for row in _merge_rows(rows)}
 
@@ -276,8 +321,14 @@ def _load(dataset: Any, indices: list[int], num_labels: int, mode: str) -> tuple
 
 
 def _decide(
-    chosen: Mode, smoother: Smoother, pixels: torch.Tensor, indices: list[int], settings: dict, batch_size: int,
-    sample_parallel: bool, state: PartialState,
+    chosen: Mode,
+    smoother: Smoother,
+    pixels: torch.Tensor,
+    indices: list[int],
+    settings: dict,
+    batch_size: int,
+    sample_parallel: bool,
+    state: PartialState,
 ) -> list:
     """The mode's decisions for one group of images (seeds ``derive_seed(seed, idx)``). Sample-parallel: this
     process draws every num_processes-th noise chunk of each phase, and the counts are summed over processes."""
@@ -294,18 +345,25 @@ def _decide(
 
 
 def _finish(
-    rows: list[dict], settings: dict, output_dir: str | os.PathLike, chosen: Mode, radii: Sequence[float],
+    rows: list[dict],
+    settings: dict,
+    output_dir: str | os.PathLike,
+    chosen: Mode,
+    radii: Sequence[float],
     samples_per_second: float | None,
 ) -> dict:
     """Write the final TSV, summary and plot; remove the progress files."""
     write_rows(rows, os.path.join(output_dir, chosen.tsv_name), chosen.columns)
     summary = chosen.summarize(rows, settings, radii)
     if chosen.plots:
-        plot_certified_accuracy({f"sigma = {settings['sigma']:g}": rows}, os.path.join(output_dir, "certified_accuracy.png"))
+        plot_certified_accuracy(
+            {f"sigma = {settings['sigma']:g}": rows}, os.path.join(output_dir, "certified_accuracy.png")
+        )
     samples = [row["samples"] for row in rows]
     summary.update(
         samples_per_image={"mean": float(np.mean(samples)), "median": float(np.median(samples))} if rows else None,
-        settings=settings, samples_per_second=samples_per_second,
+        settings=settings,
+        samples_per_second=samples_per_second,
     )
     write_json(summary, os.path.join(output_dir, "summary.json"))
     for file in glob.glob(os.path.join(output_dir, "progress-*.tsv")):

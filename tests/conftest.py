@@ -5,7 +5,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
 import torch
-from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+from transformers import (
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+)
 
 
 class LinearBoundary(torch.nn.Module):
@@ -76,7 +82,9 @@ def tiny_vit_dir(tmp_path_factory) -> str:
     """A folder with a tiny random ViT (3 x 28 x 28, 10 classes) and its image processor, like a Hub repo."""
     folder = tmp_path_factory.mktemp("tiny-vit")
     tiny_vit().save_pretrained(folder)
-    ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
+    ViTImageProcessorPil(
+        size={"height": 28, "width": 28}, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]
+    ).save_pretrained(folder)
     return str(folder)
 
 

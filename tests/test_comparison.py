@@ -13,8 +13,9 @@ from transformers import ViTImageProcessorPil
 
 from smoothing_hf import SmoothedImageClassifier
 from smoothing_hf.baselines import ddpm_unet_config
-from smoothing_hf.comparison import ComparisonSettings, comparison_table, run_comparison
+from smoothing_hf.comparison import ComparisonSettings, run_comparison
 from smoothing_hf.data import load_image_dataset
+from smoothing_hf.reporting.comparison import comparison_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,16 +25,67 @@ def test_compare_trains_certifies_and_tabulates_every_kind_of_method(tiny_vit_gr
     surrogate = str(tmp_path / "surrogate")  # another architecture stands in for the base (query access)
     tiny_resnet().save_pretrained(surrogate)
     ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(surrogate)
-    DDPMPipeline(unet=UNet2DModel(**ddpm_unet_config(28, 1, 8)), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    DDPMPipeline(unet=UNet2DModel(**ddpm_unet_config(28, 1, 8)), scheduler=DDPMScheduler()).save_pretrained(
+        tmp_path / "ddpm"
+    )
     output = tmp_path / "compare"
-    shared = ["--base", tiny_vit_gray_dir, "--dataset_name", "embedded:digits", "--sigma", 0.25, "--output_dir", output,
-              "--seeds", "0,1", "--seeded_methods", "lora", "--epochs", 0.05, "--batch_size", 16, "--eval_batch_size", 128,
-              "--n0", 10, "--n", 40, "--alpha", 0.05, "--skip", 30, "--max_examples", 3, "--certify_batch_size", 64]
-    run_example("compare.py", *shared, "--methods", "base,linear,lora,consistency,dncnn-stability",
-                "--diffusion_model", tmp_path / "ddpm", "--surrogate_model", surrogate,
-                "--dncnn_options", '{"depth": 3, "width": 4}')
-    names = ["base", "linear", "lora-seed0", "lora-seed1", "consistency", "dncnn-stability", "dncnn-surrogate", "diffusion"]
-    assert sorted(os.listdir(output)) == sorted(names + ["certified_accuracy.png", "comparison.json", "comparison.md", "comparison.tex"])
+    shared = [
+        "--base",
+        tiny_vit_gray_dir,
+        "--dataset_name",
+        "embedded:digits",
+        "--sigma",
+        0.25,
+        "--output_dir",
+        output,
+        "--seeds",
+        "0,1",
+        "--seeded_methods",
+        "lora",
+        "--epochs",
+        0.05,
+        "--batch_size",
+        16,
+        "--eval_batch_size",
+        128,
+        "--n0",
+        10,
+        "--n",
+        40,
+        "--alpha",
+        0.05,
+        "--skip",
+        30,
+        "--max_examples",
+        3,
+        "--certify_batch_size",
+        64,
+    ]
+    run_example(
+        "compare.py",
+        *shared,
+        "--methods",
+        "base,linear,lora,consistency,dncnn-stability",
+        "--diffusion_model",
+        tmp_path / "ddpm",
+        "--surrogate_model",
+        surrogate,
+        "--dncnn_options",
+        '{"depth": 3, "width": 4}',
+    )
+    names = [
+        "base",
+        "linear",
+        "lora-seed0",
+        "lora-seed1",
+        "consistency",
+        "dncnn-stability",
+        "dncnn-surrogate",
+        "diffusion",
+    ]
+    assert sorted(os.listdir(output)) == sorted(
+        names + ["certified_accuracy.png", "comparison.json", "comparison.md", "comparison.tex"]
+    )
     results = {name: json.loads((output / name / "train_results.json").read_text()) for name in names}
     assert results["base"]["trainable_parameters"] == 0 == results["diffusion"]["trainable_parameters"]
     assert results["base"]["training_seconds"] == 0 and results["lora-seed1"]["seed"] == 1
@@ -42,7 +94,9 @@ def test_compare_trains_certifies_and_tabulates_every_kind_of_method(tiny_vit_gr
     assert loaded.config.training["objective"] == "stability"
     query_access = SmoothedImageClassifier.from_pretrained(output / "dncnn-surrogate")
     assert query_access.config.training["objective"] == f"stability (surrogate: {surrogate})"
-    assert query_access.config.base_model_name_or_path == tiny_vit_gray_dir  # trained through the surrogate, certifies the base
+    assert (
+        query_access.config.base_model_name_or_path == tiny_vit_gray_dir
+    )  # trained through the surrogate, certifies the base
     assert results["dncnn-surrogate"]["trainable_parameters"] == results["dncnn-stability"]["trainable_parameters"]
     assert SmoothedImageClassifier.from_pretrained(output / "consistency").config.training["steps"] >= 1
 
@@ -68,11 +122,18 @@ def test_compare_trains_certifies_and_tabulates_every_kind_of_method(tiny_vit_gr
         assert again["elsewhere"][key] == rows["dncnn-stability"][key], key
 
 
-@pytest.mark.parametrize(("method", "missing"), [("dncnn-surrogate", "surrogate_model"), ("diffusion", "diffusion_model")])
+@pytest.mark.parametrize(
+    ("method", "missing"), [("dncnn-surrogate", "surrogate_model"), ("diffusion", "diffusion_model")]
+)
 def test_a_method_without_its_model_is_refused_by_name(tiny_vit_gray_dir, tmp_path, method, missing):
     with pytest.raises(ValueError, match=missing):
-        run_comparison(tiny_vit_gray_dir, load_image_dataset("embedded:digits"), ComparisonSettings(sigma=0.25), tmp_path,
-                       methods=[method])
+        run_comparison(
+            tiny_vit_gray_dir,
+            load_image_dataset("embedded:digits"),
+            ComparisonSettings(sigma=0.25),
+            tmp_path,
+            methods=[method],
+        )
 
 
 def test_a_method_that_does_not_apply_to_the_base_fails_before_anything_is_trained(tmp_path):
@@ -80,33 +141,67 @@ def test_a_method_that_does_not_apply_to_the_base_fails_before_anything_is_train
     tiny_resnet().save_pretrained(resnet)
     ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(resnet)
     with pytest.raises(ValueError, match="'adapter' needs a transformer backbone"):
-        run_comparison(resnet, load_image_dataset("embedded:digits"), ComparisonSettings(sigma=0.25), tmp_path / "out",
-                       methods=["lora", "adapter"])
+        run_comparison(
+            resnet,
+            load_image_dataset("embedded:digits"),
+            ComparisonSettings(sigma=0.25),
+            tmp_path / "out",
+            methods=["lora", "adapter"],
+        )
     assert not (tmp_path / "out").exists()
 
 
 def test_the_table_marks_the_best_mean_and_shows_the_spread():
     rows = [
-        {"name": "a", "seeds": 3, "num_examples": 10, "certified_accuracy": {"0": 0.9, "0.5": 0.5},
-         "certified_accuracy_std": {"0": 0.01, "0.5": 0.02}, "acr": 0.4, "acr_std": 0.01, "trainable_parameters": 100,
-         "training_seconds": 12.3, "samples_per_second": 1000.0},
-        {"name": "b_1", "seeds": 1, "num_examples": 10, "certified_accuracy": {"0": 0.8, "0.5": 0.6},
-         "certified_accuracy_std": {"0": None, "0.5": None}, "acr": 0.45, "acr_std": None, "trainable_parameters": None,
-         "training_seconds": 0.0, "samples_per_second": 50.0},
+        {
+            "name": "a",
+            "seeds": 3,
+            "num_examples": 10,
+            "certified_accuracy": {"0": 0.9, "0.5": 0.5},
+            "certified_accuracy_std": {"0": 0.01, "0.5": 0.02},
+            "acr": 0.4,
+            "acr_std": 0.01,
+            "trainable_parameters": 100,
+            "training_seconds": 12.3,
+            "samples_per_second": 1000.0,
+        },
+        {
+            "name": "b_1",
+            "seeds": 1,
+            "num_examples": 10,
+            "certified_accuracy": {"0": 0.8, "0.5": 0.6},
+            "certified_accuracy_std": {"0": None, "0.5": None},
+            "acr": 0.45,
+            "acr_std": None,
+            "trainable_parameters": None,
+            "training_seconds": 0.0,
+            "samples_per_second": 50.0,
+        },
     ]
     markdown = comparison_table(rows, radii=(0.0, 0.5)).splitlines()
     assert markdown[0] == "| method | trainable | train s | samples/s | r = 0 | r = 0.5 | ACR |"
     assert markdown[2] == "| a (3 seeds) | 100 | 12 | 1000 | 90.0 ± 1.0* | 50.0 ± 2.0 | 0.400 ± 0.010 |"
     assert markdown[3] == "| b_1 | — | 0 | 50 | 80.0 | 60.0* | 0.450* |"
     latex = comparison_table(rows, radii=(0.0, 0.5), latex=True)
-    assert r"\textbf{90.0 $\pm$ 1.0}" in latex and r"b\_1 & --- & 0 & 50 & 80.0 & \textbf{60.0} & \textbf{0.450}" in latex
+    assert (
+        r"\textbf{90.0 $\pm$ 1.0}" in latex and r"b\_1 & --- & 0 & 50 & 80.0 & \textbf{60.0} & \textbf{0.450}" in latex
+    )
 
 
 def test_a_method_trained_twice_with_one_seed_gives_the_same_weights(tiny_vit_gray_dir, tmp_path):
     # The model was built before any seed was set, so LoRA's initial weights followed the global random state.
     dataset = load_image_dataset("embedded:digits")
-    settings = ComparisonSettings(sigma=0.25, epochs=0.02, batch_size=16, eval_batch_size=256, n0=10, n=20,
-                                  alpha=0.1, skip=200, certify_batch_size=64)
+    settings = ComparisonSettings(
+        sigma=0.25,
+        epochs=0.02,
+        batch_size=16,
+        eval_batch_size=256,
+        n0=10,
+        n=20,
+        alpha=0.1,
+        skip=200,
+        certify_batch_size=64,
+    )
     for run, global_seed in (("a", 1), ("b", 2)):
         torch.manual_seed(global_seed)
         run_comparison(tiny_vit_gray_dir, dataset, settings, tmp_path / run, methods=["lora"], seeds=[5])

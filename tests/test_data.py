@@ -19,7 +19,6 @@ from smoothing_hf import (
     prepare_columns,
 )
 
-
 COLORS = {"cat": 10, "dog": 120, "eel": 250}  # each class's images are filled with its own gray level
 
 
@@ -60,7 +59,9 @@ def test_embedded_mnist_is_a_fixed_stratified_4000_1000_split(mnist):
     again = load_image_dataset("embedded:mnist", seed=123)  # the seed does not move the embedded split
     np.testing.assert_array_equal(np.array(again["validation"]["label"]), validation_labels)
     for index in (0, 999):
-        np.testing.assert_array_equal(np.asarray(again["validation"][index]["image"]), np.asarray(mnist["validation"][index]["image"]))
+        np.testing.assert_array_equal(
+            np.asarray(again["validation"][index]["image"]), np.asarray(mnist["validation"][index]["image"])
+        )
 
 
 def test_embedded_digits_are_8x8_grayscale_rescaled_to_0_255(digits):
@@ -84,8 +85,11 @@ def test_image_folders_with_a_validation_folder(tmp_path):
 
 def test_an_image_folder_alone_is_split_by_validation_fraction_and_seed(tmp_path):
     train = make_image_folder(tmp_path / "train", ["cat", "dog"], per_class=5)
+
     def load(seed):
-        return load_image_dataset(train_dir=train, validation_fraction=0.4, seed=seed, cache_dir=str(tmp_path / "cache"))
+        return load_image_dataset(
+            train_dir=train, validation_fraction=0.4, seed=seed, cache_dir=str(tmp_path / "cache")
+        )
 
     data = load(0)
     assert (len(data["train"]), len(data["validation"])) == (6, 4)
@@ -102,16 +106,26 @@ def test_an_image_folder_alone_is_split_by_validation_fraction_and_seed(tmp_path
 def test_a_dataset_name_goes_through_load_dataset_and_its_test_split_is_the_validation_set(tmp_path):
     make_image_folder(tmp_path / "repo" / "train", ["cat", "dog"], per_class=3)
     make_image_folder(tmp_path / "repo" / "test", ["cat", "dog"], per_class=1)
-    data = load_image_dataset("imagefolder", data_dir=str(tmp_path / "repo"), cache_dir=str(tmp_path / "cache"), revision=None)
+    data = load_image_dataset(
+        "imagefolder", data_dir=str(tmp_path / "repo"), cache_dir=str(tmp_path / "cache"), revision=None
+    )
     assert (len(data["train"]), len(data["validation"])) == (6, 2)
     assert_labels_match_pixels(data["validation"])
 
 
 def test_columns_are_found_renamed_and_the_others_dropped():
     images = [PILImage.new("RGB", (4, 4))] * 4
-    features = Features({"id": Value("int64"), "img": Image(), "coarse_label": ClassLabel(names=["x", "y"]),
-                         "fine_label": ClassLabel(names=["a", "b", "c"])})
-    raw = Dataset.from_dict({"id": [0, 1, 2, 3], "img": images, "coarse_label": [0, 1, 0, 1], "fine_label": [2, 0, 1, 2]}, features=features)
+    features = Features(
+        {
+            "id": Value("int64"),
+            "img": Image(),
+            "coarse_label": ClassLabel(names=["x", "y"]),
+            "fine_label": ClassLabel(names=["a", "b", "c"]),
+        }
+    )
+    raw = Dataset.from_dict(
+        {"id": [0, 1, 2, 3], "img": images, "coarse_label": [0, 1, 0, 1], "fine_label": [2, 0, 1, 2]}, features=features
+    )
     prepared = prepare_columns(DatasetDict(train=raw, test=raw))
     assert prepared["train"].column_names == ["image", "label"]
     assert class_names(prepared) == ["a", "b", "c"] and prepared["test"]["label"][:] == [2, 0, 1, 2]
@@ -120,12 +134,22 @@ def test_columns_are_found_renamed_and_the_others_dropped():
 
 def test_integer_and_string_labels_become_one_class_label_for_all_splits():
     images = [PILImage.new("L", (4, 4))] * 3
-    ints = DatasetDict(train=Dataset.from_dict({"picture": images, "label": [0, 1, 1]}, features=Features({"picture": Image(), "label": Value("int64")})),
-                       validation=Dataset.from_dict({"picture": images, "label": [3, 0, 0]}, features=Features({"picture": Image(), "label": Value("int64")})))
+    ints = DatasetDict(
+        train=Dataset.from_dict(
+            {"picture": images, "label": [0, 1, 1]}, features=Features({"picture": Image(), "label": Value("int64")})
+        ),
+        validation=Dataset.from_dict(
+            {"picture": images, "label": [3, 0, 0]}, features=Features({"picture": Image(), "label": Value("int64")})
+        ),
+    )
     prepared = prepare_columns(ints)
     assert class_names(prepared["train"]) == ["0", "1", "2", "3"] and prepared["validation"]["label"][:] == [3, 0, 0]
-    strings = {split: Dataset.from_dict({"image": images, "target": names}, features=Features({"image": Image(), "target": Value("string")}))
-               for split, names in (("train", ["dog", "cat", "dog"]), ("validation", ["eel", "cat", "cat"]))}
+    strings = {
+        split: Dataset.from_dict(
+            {"image": images, "target": names}, features=Features({"image": Image(), "target": Value("string")})
+        )
+        for split, names in (("train", ["dog", "cat", "dog"]), ("validation", ["eel", "cat", "cat"]))
+    }
     prepared = prepare_columns(DatasetDict(strings))
     assert class_names(prepared) == ["cat", "dog", "eel"]
     assert prepared["train"]["label"][:] == [1, 0, 1] and prepared["validation"]["label"][:] == [2, 0, 0]
@@ -135,7 +159,10 @@ def test_missing_or_wrong_columns_raise_naming_the_columns_and_the_argument():
     no_image = Dataset.from_dict({"pixels": [[0.0]], "label": [0]})
     with pytest.raises(ValueError, match=r"no image column.*'pixels'.*image_column="):
         prepare_columns(no_image)
-    no_label = Dataset.from_dict({"img": [PILImage.new("L", (2, 2))], "caption": ["x"]}, features=Features({"img": Image(), "caption": Value("string")}))
+    no_label = Dataset.from_dict(
+        {"img": [PILImage.new("L", (2, 2))], "caption": ["x"]},
+        features=Features({"img": Image(), "caption": Value("string")}),
+    )
     with pytest.raises(ValueError, match=r"no label column.*'img'.*'caption'.*label_column="):
         prepare_columns(no_label)
     with pytest.raises(ValueError, match=r"`label_column`='digit' is not a column"):
@@ -166,7 +193,9 @@ def test_transform_gives_pixels_in_0_1_at_the_models_size_and_channels(tiny_vit_
     data = digits["validation"].with_transform(ImageClassificationTransform.for_model(model))
     batch = data[:5]
     assert batch["pixel_values"].shape == (5, 3, 28, 28) and batch["pixel_values"].dtype == torch.float32
-    assert 0.0 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= 1.0 and batch["pixel_values"].max() > 0.5
+    assert (
+        0.0 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= 1.0 and batch["pixel_values"].max() > 0.5
+    )
     torch.testing.assert_close(batch["pixel_values"][:, 0], batch["pixel_values"][:, 2])  # gray made RGB
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == digits["validation"]["label"][:5]
     collated = default_data_collator([data[i] for i in range(4)])  # per example, as the Trainer reads it
@@ -177,7 +206,11 @@ def test_transform_gives_pixels_in_0_1_at_the_models_size_and_channels(tiny_vit_
 def test_transform_converts_rgb_rgba_and_palette_images_for_a_grayscale_model(tiny_vit_gray_dir):
     model = SmoothedImageClassifier.from_pretrained(tiny_vit_gray_dir, sigma=0.25)
     transform = ImageClassificationTransform.for_model(model)
-    images = [PILImage.new("RGB", (5, 6), (255, 255, 255)), PILImage.new("RGBA", (9, 9), (0, 0, 0, 0)), PILImage.new("P", (3, 3))]
+    images = [
+        PILImage.new("RGB", (5, 6), (255, 255, 255)),
+        PILImage.new("RGBA", (9, 9), (0, 0, 0, 0)),
+        PILImage.new("P", (3, 3)),
+    ]
     output = transform({"image": images, "label": [1, 2, 3]})
     assert output["pixel_values"].shape == (3, 1, 28, 28)
     assert output["pixel_values"][0].min() == 1.0 and output["pixel_values"][1].max() == 0.0
@@ -189,7 +222,9 @@ def test_a_model_without_an_image_processor_takes_an_explicit_pixel_transform(ti
     model = SmoothedImageClassifier.from_pretrained(tiny_resnet_dir, sigma=0.25, image_mean=[0.5], image_std=[0.5])
     with pytest.raises(ValueError, match="no image processor"):
         ImageClassificationTransform.for_model(model)
-    transform = ImageClassificationTransform(PixelTransform(ViTImageProcessorPil(size={"height": 16, "width": 16})), model.num_channels)
+    transform = ImageClassificationTransform(
+        PixelTransform(ViTImageProcessorPil(size={"height": 16, "width": 16})), model.num_channels
+    )
     pixels = digits["train"].with_transform(transform)[:2]["pixel_values"]
     assert pixels.shape == (2, 1, 16, 16)
     assert model(pixels).logits.shape == (2, 10)
@@ -203,7 +238,9 @@ def test_check_labels_reads_labels_without_running_the_transform(digits):
 
     data = DatasetDict({name: split.with_transform(fails) for name, split in digits.items()})
     check_labels(data, num_labels=10)
-    with pytest.raises(ValueError, match=r"split 'train' \(column 'label'\) lie in \[0, 9\].*num_labels=5.*ignore_mismatched_sizes"):
+    with pytest.raises(
+        ValueError, match=r"split 'train' \(column 'label'\) lie in \[0, 9\].*num_labels=5.*ignore_mismatched_sizes"
+    ):
         check_labels(data, num_labels=5)
     with pytest.raises(ValueError, match=r"lie in \[-1, 1\]"):
         check_labels(Dataset.from_dict({"label": [0, 1, -1]}), num_labels=2)

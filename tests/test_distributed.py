@@ -15,12 +15,33 @@ TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 
 def run_certify(output_dir, model_dir, processes: int, *extra: str) -> None:
     arguments = [
-        "examples/certify.py", "--model_name_or_path", model_dir, "--sigma", "0.5", "--dataset_name", "embedded:digits",
-        "--n0", "10", "--n", "300", "--alpha", "0.01", "--batch_size", "64", "--max_examples", "8", "--skip", "5",
-        "--output_dir", str(output_dir), *extra,
+        "examples/certify.py",
+        "--model_name_or_path",
+        model_dir,
+        "--sigma",
+        "0.5",
+        "--dataset_name",
+        "embedded:digits",
+        "--n0",
+        "10",
+        "--n",
+        "300",
+        "--alpha",
+        "0.01",
+        "--batch_size",
+        "64",
+        "--max_examples",
+        "8",
+        "--skip",
+        "5",
+        "--output_dir",
+        str(output_dir),
+        *extra,
     ]
     # torchrun would read a script flag such as --n as an abbreviation of its own options without the "--".
-    launcher = [sys.executable] if processes == 1 else [TORCHRUN, "--standalone", "--nproc_per_node", str(processes), "--"]
+    launcher = (
+        [sys.executable] if processes == 1 else [TORCHRUN, "--standalone", "--nproc_per_node", str(processes), "--"]
+    )
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([*launcher, *arguments], cwd=ROOT, env=environment, check=True, capture_output=True, timeout=300)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from smoothing_hf import SmoothedImageClassifier, derive_seed
-from smoothing_hf.pipeline import certify, merge_shards
 from smoothing_hf.files import read_rows
+from smoothing_hf.pipeline import certify, merge_shards
 
 SETTINGS = dict(n0=10, n=300, alpha=0.01, batch_size=128, seed=3)
 
@@ -41,7 +41,13 @@ def test_a_run_writes_cohens_columns_summary_and_settings(model, dataset, refere
     assert [r["idx"] for r in rows] == [0, 2, 4, 6, 8]
     assert rows_without_time(tmp_path / "certify.tsv") == [r for r in reference if r["idx"] in (0, 2, 4, 6, 8)]
     assert summary["num_examples"] == 5 and summary["settings"]["n"] == 300
-    assert sorted(os.listdir(tmp_path)) == ["certified_accuracy.png", "certify.log", "certify.tsv", "settings.json", "summary.json"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "certified_accuracy.png",
+        "certify.log",
+        "certify.tsv",
+        "settings.json",
+        "summary.json",
+    ]
     assert (tmp_path / "certified_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -97,7 +103,9 @@ def test_resuming_with_other_settings_is_an_error(model, dataset, tmp_path):
     for change in ({"n": 301}, {"n0": 11}, {"alpha": 0.02}, {"seed": 4}):
         with pytest.raises(ValueError, match=f"{next(iter(change))}="):
             certify(model, dataset, output_dir=tmp_path, max_examples=2, **{**SETTINGS, **change})
-    other_sigma = SmoothedImageClassifier(model.model, model.config.__class__(**{**model.config.to_dict(), "sigma": 0.25}))
+    other_sigma = SmoothedImageClassifier(
+        model.model, model.config.__class__(**{**model.config.to_dict(), "sigma": 0.25})
+    )
     with pytest.raises(ValueError, match="sigma=0.5 there, 0.25 now"):
         certify(other_sigma, dataset, output_dir=tmp_path, max_examples=2, **SETTINGS)
 
@@ -117,7 +125,9 @@ def test_three_shards_merge_into_the_single_run(model, dataset, reference, tmp_p
     (shards[1] / "certify.tsv").write_text("\n".join(rows[:-1]) + "\n")  # drop one example
     with pytest.raises(ValueError, match="missing from the shards"):
         merge_shards(shards, tmp_path / "bad")
-    (shards[1] / "certify.tsv").write_text("\n".join(rows + [(shards[0] / "certify.tsv").read_text().splitlines()[1]]) + "\n")
+    (shards[1] / "certify.tsv").write_text(
+        "\n".join(rows + [(shards[0] / "certify.tsv").read_text().splitlines()[1]]) + "\n"
+    )
     with pytest.raises(ValueError, match="appear in more than one shard"):
         merge_shards(shards, tmp_path / "bad")
     other = tmp_path / "other"
@@ -131,7 +141,16 @@ def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_pa
     lines = (tmp_path / "predict.tsv").read_text().splitlines()
     assert lines[0].split("\t") == ["idx", "label", "predict", "correct", "time", "samples"] and len(lines) == 13
     assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["abstain_rate"] <= 1
-    parallel = certify(model, dataset, output_dir=tmp_path / "p", mode="predict", n=200, alpha=0.01, batch_size=64, sample_parallel=True)
+    parallel = certify(
+        model,
+        dataset,
+        output_dir=tmp_path / "p",
+        mode="predict",
+        n=200,
+        alpha=0.01,
+        batch_size=64,
+        sample_parallel=True,
+    )
     assert (parallel["accuracy"], parallel["abstain_rate"]) == (summary["accuracy"], summary["abstain_rate"])
 
 
@@ -149,7 +168,10 @@ def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_pa
         ({"mode": "fixed_radius", "radius": -0.25, "max_n": 500}, "needs `radius`"),
         ({"mode": "fixed_radius", "max_n": 500}, "needs `radius`"),
         ({"mode": "adaptive", "max_n": 500, "tolerance": 0.0}, "needs `tolerance`"),
-        ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "radius": 0.2}, r"\['radius'\] apply to mode 'fixed_radius' only"),
+        (
+            {"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "radius": 0.2},
+            r"\['radius'\] apply to mode 'fixed_radius' only",
+        ),
         ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "sample_parallel": True}, "splits images over processes"),
         ({"radius": 0.25}, r"\['radius'\] apply to mode 'fixed_radius' only"),
         ({"max_n": 500}, r"\['max_n'\] apply to mode 'adaptive' or 'fixed_radius' only"),

@@ -74,19 +74,26 @@ def test_the_curve_steps_at_every_distinct_radius(rows):
 def test_tsv_round_trips_and_reads_cohens_time_format(rows, tmp_path):
     write_rows(rows, tmp_path / "copy.tsv", list(rows[0]))
     assert read_rows(tmp_path / "copy.tsv") == rows
-    (tmp_path / "cohen.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.912\t1\t0:01:02.500000\n")
+    (tmp_path / "cohen.tsv").write_text(
+        "idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.912\t1\t0:01:02.500000\n"
+    )
     assert read_rows(tmp_path / "cohen.tsv")[0]["time"] == pytest.approx(62.5)
 
 
 def test_the_evaluate_metric_agrees_with_summarize(rows):
     metric = evaluate.load(certified_accuracy_metric_path(), keep_in_memory=True)
-    inputs = {"predictions": [r["predict"] for r in rows], "radii": [r["radius"] for r in rows],
-              "references": [r["label"] for r in rows]}
+    inputs = {
+        "predictions": [r["predict"] for r in rows],
+        "radii": [r["radius"] for r in rows],
+        "references": [r["label"] for r in rows],
+    }
     summary = summarize(rows, RADII)
     result = metric.compute(**inputs)
     assert result == {
         **{f"certified_accuracy@{r}": value for r, value in summary["certified_accuracy"].items()},
-        "acr": summary["acr"], "abstain_rate": summary["abstain_rate"], "clean_accuracy": summary["clean_accuracy"],
+        "acr": summary["acr"],
+        "abstain_rate": summary["abstain_rate"],
+        "clean_accuracy": summary["clean_accuracy"],
     }
     overall = {k: result[k] for k in ("acr", "abstain_rate", "clean_accuracy")}
     assert metric.compute(**inputs, report_radii=[0.6]) == {"certified_accuracy@0.6": 1 / 6, **overall}
@@ -113,7 +120,8 @@ def test_every_curve_of_a_crowded_plot_has_its_own_colour_and_line_style(rows, t
 
 
 def test_comparison_tables_mark_the_best_value_per_column(rows, tmp_path):
-    # run b: examples 0 and 1 abstain, the wrong example 3 is right at radius 1.2: better at r = 1 and in ACR, worse below
+    # run b: examples 0 and 1 abstain, the wrong example 3 is right at radius 1.2:
+    # better at r = 1 and in ACR, worse below
     abstain, certified = {"predict": -1, "radius": 0.0, "correct": 0}, {"predict": 4, "radius": 1.2, "correct": 1}
     other = [{**r, **abstain} if r["idx"] < 2 else {**r, **certified} if r["idx"] == 3 else r for r in rows]
     folders = {"a_run": run_folder(tmp_path / "a", rows, sigma=0.25), "b": run_folder(tmp_path / "b", other)}
@@ -126,7 +134,17 @@ def test_comparison_tables_mark_the_best_value_per_column(rows, tmp_path):
     cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
     assert cells[0] == ["run", "sigma", "n", "r = 0", "r = 0.25", "r = 0.5", "r = 0.75", "r = 1", "ACR"]
     assert all(len(line) == 9 for line in cells)
-    assert cells[2] == ["a_run", "0.25", "6", "50.0*", "50.0*", "33.3", "16.7", "0.0", "0.275"]  # r = 0.5, 0.75 tie: no mark
+    assert cells[2] == [
+        "a_run",
+        "0.25",
+        "6",
+        "50.0*",
+        "50.0*",
+        "33.3",
+        "16.7",
+        "0.0",
+        "0.275",
+    ]  # r = 0.5, 0.75 tie: no mark
     assert cells[3] == ["b", "—", "6", "33.3", "33.3", "33.3", "16.7", "16.7*", "0.283*"]  # ACR (0.5 + 1.2) / 6
     latex = comparison_latex(compared, RADII)
     assert "a\\_run & 0.25 & 6 & \\textbf{50.0} & \\textbf{50.0} & 33.3 & 16.7 & 0.0 & 0.275 \\\\" in latex
@@ -164,16 +182,18 @@ def test_bad_input_names_the_argument_or_path(rows, tmp_path):
         comparison_markdown(compare_runs([run_folder(tmp_path / "a", rows)]), [2.0])
 
 
-
 # ---------------------------------------------------------------------------------------------- the command line
-# Figures by hand: certified accuracy at r = share of rows with correct = 1 and radius >= r; ACR = mean of radius * correct.
+# Figures by hand: certified accuracy at r = share of rows with correct = 1 and radius >= r;
+# ACR = mean of radius * correct.
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
 OURS = HEADER.replace("time\n", "time\tsamples\n") + "0\t7\t7\t0.75\t1\t0.0123\t1000\n1\t8\t8\t0.25\t1\t0.012\t3000\n"
 SECONDS = HEADER + "0\t1\t1\t0.3\t1\t15.4\n1\t2\t2\t1.1\t1\t15.2\n2\t3\t5\t0.8\t0\t14.9\n3\t4\t-1\t0.0\t0\t16.0\n"
 COHEN = HEADER + (  # Cohen's certify.py: time is str(datetime.timedelta)
     "0\t1\t1\t0.6\t1\t0:02:30.437045\n1\t2\t2\t0.2\t1\t0:02:29.000001\n2\t3\t3\t1.0\t1\t0:02:31.5\n3\t4\t1\t0.4\t0\t0:02:30.1\n"
 )
-TORN = HEADER + "0\t1\t1\t0.5\t1\t1.0\n1\t2\t2\t0.25\t1\t1.0\n2\t3\t-1\t0.0\t0\t1.0\n3\t4\t4\t0.9"  # crash mid-write: no newline
+TORN = (
+    HEADER + "0\t1\t1\t0.5\t1\t1.0\n1\t2\t2\t0.25\t1\t1.0\n2\t3\t-1\t0.0\t0\t1.0\n3\t4\t4\t0.9"
+)  # crash mid-write: no newline
 HAND = {  # label: (n, certified accuracy at RADII as counts of rows, sum of radius * correct)
     "ours": (2, [2, 2, 1, 1, 0], 0.75 + 0.25),  # r = 0.75: radius 0.75 >= 0.75 counts
     "seconds": (4, [2, 2, 1, 1, 1], 0.3 + 1.1),  # the wrong 0.8 and the abstention never count
@@ -189,7 +209,12 @@ def raw_runs(tmp_path):
     os.makedirs(tmp_path / "ours")
     (tmp_path / "ours" / "certify.tsv").write_text(OURS)
     (tmp_path / "ours" / "summary.json").write_text(json.dumps({"settings": {"sigma": 0.25}}))
-    for name, text in (("seconds.tsv", SECONDS), ("sigma_0.50", COHEN), ("torn.tsv", TORN), ("header_only.tsv", HEADER)):
+    for name, text in (
+        ("seconds.tsv", SECONDS),
+        ("sigma_0.50", COHEN),
+        ("torn.tsv", TORN),
+        ("header_only.tsv", HEADER),
+    ):
         (tmp_path / name).write_text(text)
     return [str(tmp_path / name) for name in ("ours", "seconds.tsv", "sigma_0.50", "torn.tsv", "header_only.tsv")]
 
@@ -205,7 +230,18 @@ def test_report_on_folders_and_raw_tsvs_matches_hand_computed_figures(raw_runs, 
     assert status == 0
     assert "torn.tsv, line 5: no newline at its end" in captured.err
     cells = table_cells(captured.out)
-    assert cells[0] == ["run", "sigma", "n", "r = 0", "r = 0.25", "r = 0.5", "r = 0.75", "r = 1", "ACR", "samples / image"]
+    assert cells[0] == [
+        "run",
+        "sigma",
+        "n",
+        "r = 0",
+        "r = 0.25",
+        "r = 0.5",
+        "r = 0.75",
+        "r = 1",
+        "ACR",
+        "samples / image",
+    ]
     by_label = {line[0]: line for line in cells[2:]}
     assert list(by_label) == ["ours", "seconds", "sigma_0.50", "torn", "header_only"]
     for label, (n, counts, radius_sum) in HAND.items():
@@ -216,7 +252,8 @@ def test_report_on_folders_and_raw_tsvs_matches_hand_computed_figures(raw_runs, 
     assert by_label["ours"][1] == "0.25" and by_label["seconds"][1] == "—"  # sigma only where a summary.json says
     assert by_label["ours"][9] == "2000" and by_label["torn"][9] == "—"  # mean of the samples column (1000 + 3000) / 2
     assert by_label["header_only"] == ["header_only", "—", "0", *["—"] * 7]  # 0 examples: undefined, no division
-    # best per column: r = 0, 0.25, 0.75 and ACR ours; r = 0.5 ours and Cohen's tie at 50.0; r = 1 seconds and Cohen's at 25.0
+    # best per column: r = 0, 0.25, 0.75 and ACR ours; r = 0.5 ours and Cohen's tie at 50.0;
+    # r = 1 seconds and Cohen's at 25.0
     marked = {label: [i for i, cell in enumerate(line) if cell.endswith("*")] for label, line in by_label.items()}
     assert marked == {"ours": [3, 4, 5, 6, 8], "seconds": [7], "sigma_0.50": [5, 7], "torn": [], "header_only": []}
 
@@ -244,17 +281,26 @@ def test_labels_latex_and_one_plot_with_every_curve(raw_runs, tmp_path, capsys):
     assert status == 0 and "run 'E' has no examples" in err
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and os.listdir(plot.parent) == ["curves.png"]
     assert "Run & $\\sigma$ & $n$ & $r = 0$" in out
-    assert "A & 0.25 & 2 & \\textbf{100.0} & \\textbf{100.0} & \\textbf{50.0} & \\textbf{50.0} & 0.0 & \\textbf{0.500} & 2000 \\\\" in out
+    assert (
+        "A & 0.25 & 2 & \\textbf{100.0} & \\textbf{100.0} & \\textbf{50.0} & \\textbf{50.0} & 0.0 & "
+        "\\textbf{0.500} & 2000 \\\\"
+        in out
+    )
     assert "E & --- & 0 & --- & --- & --- & --- & --- & --- & --- \\\\" in out
 
 
 def test_python_dash_m_runs_the_command_line(raw_runs):
     done = subprocess.run(
         [sys.executable, "-m", "smoothing_hf.report", raw_runs[1], raw_runs[2], "--radii", "0", "1"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert table_cells(done.stdout)[2:] == [["seconds", "4", "50.0", "25.0", "0.350"], ["sigma_0.50", "4", "75.0*", "25.0", "0.450*"]]
+    assert table_cells(done.stdout)[2:] == [
+        ["seconds", "4", "50.0", "25.0", "0.350"],
+        ["sigma_0.50", "4", "75.0*", "25.0", "0.450*"],
+    ]
 
 
 def test_bad_input_to_the_command_line_is_a_clear_error(raw_runs, tmp_path, capsys):
@@ -265,9 +311,12 @@ def test_bad_input_to_the_command_line_is_a_clear_error(raw_runs, tmp_path, caps
         return captured.err
 
     (tmp_path / "no_radius.tsv").write_text("idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t1\t1\t0.5\n")
-    assert "no_radius.tsv is not a certification TSV: missing columns ['radius']" in error(raw_runs[1], tmp_path / "no_radius.tsv")
-    assert f"{tmp_path / 'absent'} does not exist; each path must be a certification output folder or a TSV file" in error(
-        raw_runs[1], tmp_path / "absent"
+    assert "no_radius.tsv is not a certification TSV: missing columns ['radius']" in error(
+        raw_runs[1], tmp_path / "no_radius.tsv"
+    )
+    assert (
+        f"{tmp_path / 'absent'} does not exist; each path must be a certification output folder or a TSV file"
+        in error(raw_runs[1], tmp_path / "absent")
     )
     os.makedirs(tmp_path / "not_a_run")
     assert "not_a_run/certify.tsv does not exist" in error(tmp_path / "not_a_run")
@@ -290,8 +339,14 @@ def test_bad_input_to_the_command_line_is_a_clear_error(raw_runs, tmp_path, caps
     "text, message",
     [
         ("", r"empty\.tsv is empty"),
-        (HEADER + "0\t1\t1\t0.5\t1\n1\t2\t2\t0.5\t1\t1.0\n", r"bad\.tsv, line 2: 5 tab-separated fields, the header has 6"),
-        (HEADER + "0\t1\t1\t0.5\t1\t1.0\n1\t2\t2\t0.x\t1\t1.0\n2\t2\t2\t0.5\t1\t1.0\n", r"bad\.tsv, line 3: not a certification row"),
+        (
+            HEADER + "0\t1\t1\t0.5\t1\n1\t2\t2\t0.5\t1\t1.0\n",
+            r"bad\.tsv, line 2: 5 tab-separated fields, the header has 6",
+        ),
+        (
+            HEADER + "0\t1\t1\t0.5\t1\t1.0\n1\t2\t2\t0.x\t1\t1.0\n2\t2\t2\t0.5\t1\t1.0\n",
+            r"bad\.tsv, line 3: not a certification row",
+        ),
         (HEADER + "0\t1\t1\t0.5\t1\t1.0\t7\n", r"bad\.tsv, line 2: 7 tab-separated fields"),
         (HEADER + "0\t1\t1\t-0.5\t1\t1.0\n", r"bad\.tsv, line 2: radius must be a finite l2 distance >= 0"),
         (HEADER + "0\t1\t1\tnan\t1\t1.0\n", r"bad\.tsv, line 2: radius must be"),

@@ -24,10 +24,14 @@ def test_certificates_do_not_depend_on_the_batch_size(near_boundary, batch_size)
 def test_an_image_in_a_batch_gets_the_noise_it_gets_alone_with_the_derived_seed(near_boundary):
     smoother, images = near_boundary
     batch = smoother.certify(images, n0=20, n=500, alpha=0.01, batch_size=256, seed=5)
-    alone = [smoother.certify(image, n0=20, n=500, alpha=0.01, batch_size=37, seed=derive_seed(5, i)) for i, image in enumerate(images)]
+    alone = [
+        smoother.certify(image, n0=20, n=500, alpha=0.01, batch_size=37, seed=derive_seed(5, i))
+        for i, image in enumerate(images)
+    ]
     assert batch == alone
     assert smoother.predict(images, n=200, alpha=0.01, batch_size=64, seed=5) == [
-        smoother.predict(image, n=200, alpha=0.01, batch_size=1000, seed=derive_seed(5, i)) for i, image in enumerate(images)
+        smoother.predict(image, n=200, alpha=0.01, batch_size=1000, seed=derive_seed(5, i))
+        for i, image in enumerate(images)
     ]
 
 
@@ -55,7 +59,10 @@ def test_counts_over_disjoint_chunk_sets_add_up_to_the_full_counts(near_boundary
     seeds = [1, 2, 3, 4, 5]
     num_samples = 5 * NOISE_CHUNK_SIZE + 17
     full = smoother.sample_counts(images, seeds, Phase.ESTIMATION, num_samples, batch_size=200)
-    parts = [smoother.sample_counts(images, seeds, Phase.ESTIMATION, num_samples, 90, chunks=range(r, 6, 3)) for r in range(3)]
+    parts = [
+        smoother.sample_counts(images, seeds, Phase.ESTIMATION, num_samples, 90, chunks=range(r, 6, 3))
+        for r in range(3)
+    ]
     np.testing.assert_array_equal(sum(parts), full)
     assert (full.sum(axis=1) == num_samples).all()
 
@@ -67,7 +74,9 @@ def test_noise_has_the_requested_standard_deviation():
         seen.append(pixels.clone())
         return torch.zeros(len(pixels), 2)
 
-    Smoother(record, num_classes=2, sigma=0.3).sample_counts(torch.full((1, 3, 8, 8), 0.5), [0], Phase.ESTIMATION, 2000, 512)
+    Smoother(record, num_classes=2, sigma=0.3).sample_counts(
+        torch.full((1, 3, 8, 8), 0.5), [0], Phase.ESTIMATION, 2000, 512
+    )
     noise = torch.cat(seen) - 0.5
     assert noise.shape == (2000, 3, 8, 8)
     assert noise.mean().abs() < 0.005 and abs(noise.std().item() - 0.3) < 0.005

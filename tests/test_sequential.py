@@ -8,8 +8,8 @@ import torch
 from scipy.stats import binom, norm
 
 from smoothing_hf import ABSTAIN, Smoother, clopper_pearson_lower
-from smoothing_hf.noise import NOISE_CHUNK_SIZE
 from smoothing_hf.certification import clopper_pearson_bounds, largest_certifiable_radius, sample_schedule
+from smoothing_hf.noise import NOISE_CHUNK_SIZE
 
 SIGMA = 0.25
 
@@ -44,7 +44,14 @@ def test_fixed_radius_decisions_are_sound_where_the_true_radius_is_just_below(li
     alpha, points = 0.05, 400
     distances = np.where(np.arange(points) % 2, 0.2499, -0.2499)
     decisions = smoother.certify_at_radius(
-        images_at(linear_boundary, distances), 0.25, n0=64, max_n=4096, alpha=alpha, batch_size=8192, seed=11, growth=2.0
+        images_at(linear_boundary, distances),
+        0.25,
+        n0=64,
+        max_n=4096,
+        alpha=alpha,
+        batch_size=8192,
+        seed=11,
+        growth=2.0,
     )
     certified = np.array([d.certified for d in decisions])
     assert certified.sum() <= binom.ppf(0.999, points, alpha)
@@ -73,7 +80,10 @@ def test_fixed_radius_decisions_do_not_depend_on_batch_size_or_batching(linear_b
     batched = smoother.certify_at_radius(images, 0.2, batch_size=4096, **kwargs)
     assert smoother.certify_at_radius(images, 0.2, batch_size=100, **kwargs) == batched
     seeds = [derived for derived in _derived_seeds(4, len(images))]
-    alone = [smoother.certify_at_radius(image, 0.2, batch_size=333, **{**kwargs, "seed": s}) for image, s in zip(images, seeds)]
+    alone = [
+        smoother.certify_at_radius(image, 0.2, batch_size=333, **{**kwargs, "seed": s})
+        for image, s in zip(images, seeds)
+    ]
     assert alone == batched
 
 

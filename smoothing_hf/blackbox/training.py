@@ -15,7 +15,6 @@ composite) on noisy images.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AutoModel, PretrainedConfig, PreTrainedModel, ViTConfig
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel, ViTConfig, get_cosine_schedule_with_warmup
 
 from ..checks import check_positive_int, check_sigma
 from ..input_modules.coordinator import Coordinator
@@ -156,18 +155,18 @@ def pretrain_autoencoder(
     decoder = torch.nn.Linear(dim, channels * height * width)
     model = torch.nn.ModuleDict({"encoder": encoder, "decoder": decoder}).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=steps)
     started = time.perf_counter()
     bar = tqdm(total=steps, desc="autoencoder", disable=not progress)
     done = 0
     for step in range(steps):
         batch = images[torch.randint(0, len(images), (batch_size,), generator=generator)]
-        for group in optimizer.param_groups:  # cosine decay
-            group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * step / steps))
         reconstruction = torch.sigmoid(decoder(encoder(pixel_values=batch).pooler_output.flatten(1)))
         loss = F.mse_loss(reconstruction, batch.flatten(1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         bar.update()
         done = step + 1

@@ -63,7 +63,9 @@ class Smoother:
         device: torch.device | str | None = None,
     ) -> None:
         if not callable(base_classifier):
-            raise TypeError(f"`base_classifier` must be a torch.nn.Module or callable, got {type(base_classifier).__name__}")
+            raise TypeError(
+                f"`base_classifier` must be a torch.nn.Module or callable, got {type(base_classifier).__name__}"
+            )
         if check_positive_int(num_classes, "num_classes") < 2:
             raise ValueError(f"`num_classes` must be >= 2, got {num_classes}")
         self.base_classifier = base_classifier
@@ -92,7 +94,11 @@ class Smoother:
         Returns:
             The class index or ``ABSTAIN`` for one image; a list of them for a batch.
         """
-        n, alpha, batch_size = check_positive_int(n, "n"), check_alpha(alpha), check_positive_int(batch_size, "batch_size")
+        n, alpha, batch_size = (
+            check_positive_int(n, "n"),
+            check_alpha(alpha),
+            check_positive_int(batch_size, "batch_size"),
+        )
         images, seeds, single = self._prepare(x, seed)
         if n < math.log2(2 / alpha):
             warnings.warn(
@@ -145,12 +151,22 @@ class Smoother:
         n0, n = check_positive_int(n0, "n0"), check_positive_int(n, "n")
         alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
         if tolerance is not None:
-            tolerance = check_number(tolerance, "tolerance", minimum=0, strict_minimum=True, unit="l2, pixels in [0, 1]")
+            tolerance = check_number(
+                tolerance, "tolerance", minimum=0, strict_minimum=True, unit="l2, pixels in [0, 1]"
+            )
         images, seeds, single = self._prepare(x, seed)
         if tolerance is not None:
             certificates = sequential.certify_adaptive(
-                self.sample_counts, self.sigma, images, seeds, n0=n0, max_n=n, alpha=alpha, batch_size=batch_size,
-                tolerance=tolerance, growth=growth,
+                self.sample_counts,
+                self.sigma,
+                images,
+                seeds,
+                n0=n0,
+                max_n=n,
+                alpha=alpha,
+                batch_size=batch_size,
+                tolerance=tolerance,
+                growth=growth,
             )
             return certificates[0] if single else certificates
         if n <= math.log2(1 / alpha):
@@ -207,8 +223,16 @@ class Smoother:
         alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
         images, seeds, single = self._prepare(x, seed)
         decisions = sequential.certify_at_radius(
-            self.sample_counts, self.sigma, images, seeds, radius, n0=n0, max_n=max_n, alpha=alpha,
-            batch_size=batch_size, growth=growth,
+            self.sample_counts,
+            self.sigma,
+            images,
+            seeds,
+            radius,
+            n0=n0,
+            max_n=max_n,
+            alpha=alpha,
+            batch_size=batch_size,
+            growth=growth,
         )
         return decisions[0] if single else decisions
 

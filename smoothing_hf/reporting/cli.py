@@ -1,5 +1,6 @@
-"""``python -m smoothing_hf.report`` (or ``python -m smoothing_hf.reporting``): one table of certified accuracy at radii and ACR, one row per certification run, from our
-output folders and from raw TSVs of other tools (Cohen et al.'s ``certify.py`` included) alike.
+"""``python -m smoothing_hf.report`` (or ``python -m smoothing_hf.reporting``): one table of certified accuracy
+at radii and ACR, one row per certification run, from our output folders and from raw TSVs of other tools
+(Cohen et al.'s ``certify.py`` included) alike.
 
     python -m smoothing_hf.report runs/lora/certify runs/full/certify cohen/noise_0.25/test/sigma_0.25 \
         --labels lora full cohen --radii 0 0.25 0.5 0.75 1.0 --format markdown --plot curves.png
@@ -37,22 +38,34 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line's parser. argparse, not HfArgumentParser: it takes positional PATHs, dataclass flags do not."""
     parser = argparse.ArgumentParser(
         prog="python -m smoothing_hf.report",
-        description="Certified accuracy (%) at l2 radii (pixels in [0, 1]) and ACR of certification runs, one row per PATH.",
+        description=(
+            "Certified accuracy (%) at l2 radii (pixels in [0, 1]) and ACR of certification runs, one row per PATH."
+        ),
     )
     parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="A certification output folder or a TSV file with Cohen's columns."
     )
     parser.add_argument(
-        "--radii", nargs="+", type=float, default=list(COMPARISON_RADII), metavar="R",
+        "--radii",
+        nargs="+",
+        type=float,
+        default=list(COMPARISON_RADII),
+        metavar="R",
         help="l2 radii (pixels in [0, 1]) of the table's columns (default: %(default)s).",
     )
     parser.add_argument(
         "--format", choices=sorted(FORMATS), default="markdown", help="Table printed to stdout (default: %(default)s)."
     )
-    parser.add_argument("--labels", nargs="+", metavar="LABEL", help="One unique label per PATH (default: folder or file name).")
-    parser.add_argument("--plot", metavar="FILE", help="Also write every certified accuracy curve into one figure at FILE.")
     parser.add_argument(
-        "--max-radius", type=float, metavar="R",
+        "--labels", nargs="+", metavar="LABEL", help="One unique label per PATH (default: folder or file name)."
+    )
+    parser.add_argument(
+        "--plot", metavar="FILE", help="Also write every certified accuracy curve into one figure at FILE."
+    )
+    parser.add_argument(
+        "--max-radius",
+        type=float,
+        metavar="R",
         help="End of the plot's radius axis (default: the first multiple of 0.25 past the largest radius).",
     )
     return parser
@@ -81,4 +94,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(table)
     return 0
-

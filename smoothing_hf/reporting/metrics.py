@@ -77,10 +77,14 @@ def certification_columns(rows: Sequence[dict], name: str) -> tuple[np.ndarray, 
 
 def check_radii(radii: Sequence[float], name: str) -> None:
     if len(radii) == 0 or not all(is_number(r) and r >= 0 for r in radii):
-        raise ValueError(f"`{name}` must be a non-empty sequence of finite radii >= 0 (l2, [0, 1] pixels), got {radii!r}")
+        raise ValueError(
+            f"`{name}` must be a non-empty sequence of finite radii >= 0 (l2, [0, 1] pixels), got {radii!r}"
+        )
 
 
 def check_summarized(certified_accuracy: dict, radii: Sequence[float], name: str) -> None:
     absent = [r for r in radii if f"{r:g}" not in certified_accuracy]
     if absent:
-        raise ValueError(f"radii {absent} are not in `{name}`, which has certified accuracy at radii {list(certified_accuracy)}")
+        raise ValueError(
+            f"radii {absent} are not in `{name}`, which has certified accuracy at radii {list(certified_accuracy)}"
+        )

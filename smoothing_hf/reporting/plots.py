@@ -46,13 +46,17 @@ def plot_certified_accuracy(
     if not curves:
         raise ValueError("`curves` must map at least one label to rows or a certify.tsv path")
     steps = {
-        label: certified_accuracy_curve(read_rows(rows) if isinstance(rows, (str, os.PathLike)) else rows, f"curves[{label!r}]")
+        label: certified_accuracy_curve(
+            read_rows(rows) if isinstance(rows, (str, os.PathLike)) else rows, f"curves[{label!r}]"
+        )
         for label, rows in curves.items()
     }
     if max_radius is None:
         max_radius = 0.25 * (math.floor(max(radii[-1] for radii, _ in steps.values()) / 0.25) + 1)
     elif not is_number(max_radius) or not max_radius > 0:
-        raise ValueError(f"`max_radius` must be a positive finite number (l2, [0, 1] pixels) or None, got {max_radius!r}")
+        raise ValueError(
+            f"`max_radius` must be a positive finite number (l2, [0, 1] pixels) or None, got {max_radius!r}"
+        )
 
     many = len(steps) > 6  # then the legend goes beside the axes, where it hides no curve
     figure = Figure(figsize=(7.5 if many else 6, 4), layout="constrained")
@@ -60,8 +64,14 @@ def plot_certified_accuracy(
     for (label, (radii, accuracy)), style in zip(steps.items(), curve_styles(len(steps))):
         shown = radii <= max_radius  # then the step on to max_radius: f(max_radius), 0 past the last radius
         end = accuracy[np.searchsorted(radii, max_radius, side="left")] if max_radius <= radii[-1] else 0.0
-        axes.step(np.append(radii[shown], max_radius), np.append(accuracy[shown], end), where="pre", label=label,
-                  clip_on=False, **style)
+        axes.step(
+            np.append(radii[shown], max_radius),
+            np.append(accuracy[shown], end),
+            where="pre",
+            label=label,
+            clip_on=False,
+            **style,
+        )
     axes.set(xlim=(0, max_radius), ylim=(0, 1), xlabel="l2 radius (pixels in [0, 1])", ylabel="certified accuracy")
     axes.grid(alpha=0.3)
     axes.legend(**({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": "small"} if many else {}))

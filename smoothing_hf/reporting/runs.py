@@ -33,20 +33,22 @@ class Run:
 
 def read_run(path: str | os.PathLike, name: str | None = None) -> Run:
     """The run at ``path``: a certification output folder (its ``certify.tsv``; sigma from its ``summary.json``)
-    or a TSV file with Cohen's columns (``smoothing_hf.files.read_rows``; sigma from a ``summary.json`` beside it only when the file
-    is a ``certify.tsv``). ``name`` defaults to ``run_label(path)``."""
+    or a TSV file with Cohen's columns (``smoothing_hf.files.read_rows``; sigma from a ``summary.json`` beside
+    it only when the file is a ``certify.tsv``). ``name`` defaults to ``run_label(path)``."""
     name = run_label(path) if name is None else name
     if os.path.isdir(path):
         tsv = os.path.join(path, CERTIFY_TSV)
         if not os.path.isfile(tsv):
             raise ValueError(
-                f"run {name!r}: {tsv} does not exist; a folder must be a certification output folder with a {CERTIFY_TSV}"
+                f"run {name!r}: {tsv} does not exist; a folder must be a certification output folder "
+                f"with a {CERTIFY_TSV}"
             )
     elif os.path.isfile(path):
         tsv = os.fspath(path)
     else:
         raise ValueError(
-            f"run {name!r}: {os.fspath(path)} does not exist; each path must be a certification output folder or a TSV file"
+            f"run {name!r}: {os.fspath(path)} does not exist; each path must be a certification output folder "
+            "or a TSV file"
         )
     sigma = None
     if os.path.basename(tsv) == CERTIFY_TSV:
@@ -86,11 +88,17 @@ def read_runs(
             raise ValueError(f"`labels` must give one label per path: got {count} labels for {len(paths)} paths")
         else:
             names = [str(label) for label in labels]
-    repeated = {name: [os.fspath(p) for n, p in zip(names, paths) if n == name] for name in names if names.count(name) > 1}
+    repeated = {
+        name: [os.fspath(p) for n, p in zip(names, paths) if n == name] for name in names if names.count(name) > 1
+    }
     if repeated:
         clash = "; ".join(f"{name!r} labels {', '.join(shared)}" for name, shared in repeated.items())
         defaulted = labels is None and not isinstance(runs, Mapping)
-        hint = "label each run with `labels` (--labels on the command line)" if defaulted else "give each run its own label"
+        hint = (
+            "label each run with `labels` (--labels on the command line)"
+            if defaulted
+            else "give each run its own label"
+        )
         raise ValueError(f"run labels must be unique: {clash}; {hint}")
     return [read_run(path, name) for name, path in zip(names, paths)]
 

@@ -37,16 +37,18 @@ def comparison_latex(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_R
         for line, (text, best) in zip(cells, column):
             line.append("---" if text is None else f"\\textbf{{{text}}}" if best else text)
     header = ["Run", *(latex for _, latex, _ in columns)]
-    return "\n".join([
-        "% certified accuracy (%) at l2 radius r (pixels in [0, 1]); needs \\usepackage{booktabs}",
-        "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
-        "\\toprule",
-        " & ".join(header) + " \\\\",
-        "\\midrule",
-        *(" & ".join(line) + " \\\\" for line in cells),
-        "\\bottomrule",
-        "\\end{tabular}",
-    ])
+    return "\n".join(
+        [
+            "% certified accuracy (%) at l2 radius r (pixels in [0, 1]); needs \\usepackage{booktabs}",
+            "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
+            "\\toprule",
+            " & ".join(header) + " \\\\",
+            "\\midrule",
+            *(" & ".join(line) + " \\\\" for line in cells),
+            "\\bottomrule",
+            "\\end{tabular}",
+        ]
+    )
 
 
 def write_report(
@@ -89,7 +91,9 @@ def _comparison_columns(
     def cells(values: list, text: str, ranked: bool = False) -> list[tuple[str | None, bool]]:
         known = {value for value in values if value is not None}
         best = max(known) if ranked and len(known) > 1 else None
-        return [(None if value is None else text.format(value), value is not None and value == best) for value in values]
+        return [
+            (None if value is None else text.format(value), value is not None and value == best) for value in values
+        ]
 
     def rounded(values: list, scale: float, digits: int) -> list:
         return [None if value is None else round(scale * value, digits) for value in values]
@@ -109,6 +113,16 @@ def _comparison_columns(
 
 
 def _latex_escape(text: str) -> str:
-    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    special = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
     return "".join(special.get(character, character) for character in text)

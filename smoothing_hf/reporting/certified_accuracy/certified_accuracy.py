@@ -57,7 +57,8 @@ Returns:
 Examples:
     >>> metric = evaluate.load(certified_accuracy_metric_path(), report_radii=[0.0, 0.5])
     >>> metric.compute(predictions=[3, -1, 7, 1], radii=[0.8, 0.0, 0.3, 0.2], references=[3, 2, 1, 1])
-    {'certified_accuracy@0': 0.5, 'certified_accuracy@0.5': 0.25, 'acr': 0.25, 'abstain_rate': 0.25, 'clean_accuracy': 0.5}
+    {'certified_accuracy@0': 0.5, 'certified_accuracy@0.5': 0.25, 'acr': 0.25, 'abstain_rate': 0.25,
+     'clean_accuracy': 0.5}
 """
 
 
@@ -73,11 +74,13 @@ class CertifiedAccuracy(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Value("int64"),
-                "radii": datasets.Value("float64"),  # float64: radius >= r compares as the TSV's floats do
-                "references": datasets.Value("int64"),
-            }),
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Value("int64"),
+                    "radii": datasets.Value("float64"),  # float64: radius >= r compares as the TSV's floats do
+                    "references": datasets.Value("int64"),
+                }
+            ),
             reference_urls=["https://arxiv.org/abs/1902.02918", "https://github.com/locuslab/smoothing"],
         )
 
@@ -85,7 +88,9 @@ class CertifiedAccuracy(evaluate.Metric):
         report_radii = self.report_radii if report_radii is None else _check_report_radii(report_radii)
         predictions, radii, references = np.asarray(predictions), np.asarray(radii, dtype=float), np.asarray(references)
         if len(predictions) == 0:
-            raise ValueError("certified_accuracy needs at least one example: `predictions`, `radii` and `references` are empty")
+            raise ValueError(
+                "certified_accuracy needs at least one example: `predictions`, `radii` and `references` are empty"
+            )
         if np.any(predictions < ABSTAIN):
             invalid = sorted(set(predictions[predictions < ABSTAIN].tolist()))
             raise ValueError(f"`predictions` must be class indices >= 0 or {ABSTAIN} (abstain), got {invalid}")
