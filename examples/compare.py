@@ -37,7 +37,7 @@ class CompareArguments:
         default="embedded:mnist", metadata={"help": "Hub dataset id or embedded:mnist / embedded:digits."}
     )
     methods: str = field(
-        default=",".join(m for m in COMPARISON_METHODS if m not in ("diffusion", "dncnn-surrogate")),
+        default=",".join(name for name, row in COMPARISON_METHODS.items() if row.second_model is None),
         metadata={"help": f"Comma-separated methods: {', '.join(COMPARISON_METHODS)} (or any METHODS name)."},
     )
     seeds: str = field(default="0", metadata={"help": "Comma-separated training seeds of the seeded methods."})

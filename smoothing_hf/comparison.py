@@ -19,7 +19,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from accelerate import PartialState
@@ -35,24 +35,73 @@ from .reporting.comparison import CERTIFY_DIR, TRAIN_RESULTS_NAME, write_compari
 from .trainer import SmoothingTrainer
 from .transforms import ImageClassificationTransform
 
-COMPARISON_METHODS = {
-    "base": "the base model, unadapted (no training)",
-    "full": "full fine-tuning under noise (Cohen et al.)",
-    "linear": "the classification head only",
-    "lora": "LoRA",
-    "dora": "DoRA",
-    "adapter": "bottleneck adapters",
-    "vpt": "visual prompt tuning",
-    "consistency": "LoRA with consistency regularization (Jeong and Shin, 2020; m = 2)",
-    "dncnn-mse": "DnCNN denoiser, MSE objective (Salman et al., 2020)",
-    "dncnn-stability": "DnCNN denoiser, stability objective (Salman et al., 2020)",
-    "dncnn-surrogate": (
-        "DnCNN denoiser, stability objective through a surrogate model (query access; Salman et al., 2020)"
-    ),
-    "diffusion": "one-shot DDPM denoising at t* (Carlini et al., 2023)",
-}
-"""Methods ``run_comparison`` trains itself, with a description; any ``METHODS`` name is accepted too."""
 
+@dataclass(frozen=True)
+class ComparisonMethod:
+    """One row of the comparison: how its model is built on the base and how it is trained.
+
+    ``method``: the ``METHODS`` name the base is adapted with (None: the base stays as it is); ``denoiser``:
+    "dncnn" or "diffusion", an input module in front of the frozen base; ``objective``: the denoiser's training
+    objective (``DenoiserTrainer``); ``second_model``: the ``ComparisonSettings`` field naming a model the row
+    needs besides the base (a surrogate classifier, a DDPM); ``consistency``: Jeong and Shin's consistency loss
+    over two noisy copies; ``trains``: False for rows that train nothing; ``learning_rate``: the
+    ``ComparisonSettings`` field of its learning rate."""
+
+    description: str
+    method: str | None = None
+    denoiser: str | None = None
+    objective: str | None = None
+    second_model: str | None = None
+    consistency: bool = False
+    trains: bool = True
+    learning_rate: str = "learning_rate"
+
+
+def _registry_row(name: str) -> ComparisonMethod:
+    """The row of a ``METHODS`` name: that method on the base; full fine-tuning's own learning rate."""
+    every = METHODS[name].trains is Trains.EVERY_PARAMETER
+    return ComparisonMethod(METHODS[name].description, method=name,
+                            learning_rate="full_learning_rate" if every else "learning_rate")
+
+
+COMPARISON_METHODS: dict[str, ComparisonMethod] = {
+    "base": ComparisonMethod("the base model, unadapted (no training)", trains=False),
+    "full": replace(_registry_row("full"), description="full fine-tuning under noise (Cohen et al.)"),
+    "linear": replace(_registry_row("linear"), description="the classification head only"),
+    "lora": replace(_registry_row("lora"), description="LoRA"),
+    "dora": replace(_registry_row("dora"), description="DoRA"),
+    "adapter": replace(_registry_row("adapter"), description="bottleneck adapters"),
+    "vpt": replace(_registry_row("vpt"), description="visual prompt tuning"),
+    "consistency": ComparisonMethod(
+        "LoRA with consistency regularization (Jeong and Shin, 2020; m = 2)", method="lora", consistency=True
+    ),
+    "dncnn-mse": ComparisonMethod(
+        "DnCNN denoiser, MSE objective (Salman et al., 2020)", denoiser="dncnn", objective="mse",
+        learning_rate="denoiser_learning_rate",
+    ),
+    "dncnn-stability": ComparisonMethod(
+        "DnCNN denoiser, stability objective (Salman et al., 2020)", denoiser="dncnn", objective="stability",
+        learning_rate="denoiser_learning_rate",
+    ),
+    "dncnn-surrogate": ComparisonMethod(
+        "DnCNN denoiser, stability objective through a surrogate model (query access; Salman et al., 2020)",
+        denoiser="dncnn", objective="stability", second_model="surrogate_model", learning_rate="denoiser_learning_rate",
+    ),
+    "diffusion": ComparisonMethod(
+        "one-shot DDPM denoising at t* (Carlini et al., 2023)", denoiser="diffusion", second_model="diffusion_model",
+        trains=False,
+    ),
+}
+"""The rows ``run_comparison`` knows by name; any other ``METHODS`` name is a row too (``comparison_method``)."""
+
+
+def comparison_method(name: str) -> ComparisonMethod:
+    """The row of ``name``: a ``COMPARISON_METHODS`` row, or a ``METHODS`` name on the base."""
+    if name in COMPARISON_METHODS:
+        return COMPARISON_METHODS[name]
+    if name in METHODS:
+        return _registry_row(name)
+    raise ValueError(f"unknown method {name!r}; allowed: {sorted(set(COMPARISON_METHODS) | set(METHODS))}")
 
 
 @dataclass
@@ -84,39 +133,32 @@ class ComparisonSettings:
     certify_seed: int = field(default=0, metadata={"help": "Noise seed of certification (the same for every run)."})
 
 
-METHOD_MODELS = {"dncnn-surrogate": "surrogate_model", "diffusion": "diffusion_model"}
-"""The methods that need a second model, and the ``ComparisonSettings`` field that names it."""
-
-
-def method_model(method: str, settings: ComparisonSettings) -> str:
-    """The second model ``method`` needs (``METHOD_MODELS``), or a ValueError naming the missing setting."""
-    name = getattr(settings, METHOD_MODELS[method])
-    if name is None:
-        field_name = METHOD_MODELS[method]
+def second_model(name: str, settings: ComparisonSettings) -> str:
+    """The second model the row ``name`` needs (its ``second_model`` setting), or a ValueError naming the
+    missing setting."""
+    field_name = comparison_method(name).second_model
+    model = getattr(settings, field_name)
+    if model is None:
         help_text = ComparisonSettings.__dataclass_fields__[field_name].metadata["help"]
-        raise ValueError(f"method {method!r} needs `{field_name}`: {help_text}")
-    return name
+        raise ValueError(f"method {name!r} needs `{field_name}`: {help_text}")
+    return model
 
 
 def build_model(method: str, base: str, settings: ComparisonSettings) -> SmoothedImageClassifier:
-    """The smoothed model of ``method`` on ``base`` at ``settings.sigma``, ready to train."""
-    sigma = settings.sigma
-    if method == "base":
-        return SmoothedImageClassifier.from_pretrained(base, sigma=sigma).requires_grad_(False)
-    if method in METHODS or method == "consistency":
-        return SmoothedImageClassifier.from_pretrained(
-            base, sigma=sigma, method="lora" if method == "consistency" else method
-        )
-    if method in ("dncnn-mse", "dncnn-stability", "dncnn-surrogate"):
-        if method == "dncnn-surrogate":
-            method_model(method, settings)  # trained through it (see _train)
+    """The smoothed model of the row ``method`` on ``base`` at ``settings.sigma``, ready to train."""
+    row, sigma = comparison_method(method), settings.sigma
+    if row.second_model is not None:
+        second_model(method, settings)  # a missing one fails before any training
+    if row.denoiser == "dncnn":
         options = json.loads(settings.dncnn_options)
         denoiser = DnCNN(num_channels=AutoConfig.from_pretrained(base).num_channels, **options)
         return SmoothedImageClassifier.from_pretrained(base, sigma=sigma, input_module=denoiser)
-    if method == "diffusion":
-        denoiser = DiffusionDenoiser.from_pretrained(method_model(method, settings), sigma=sigma)
+    if row.denoiser == "diffusion":
+        denoiser = DiffusionDenoiser.from_pretrained(second_model(method, settings), sigma=sigma)
         return SmoothedImageClassifier.from_pretrained(base, sigma=sigma, input_module=denoiser)
-    raise ValueError(f"unknown method {method!r}; allowed: {sorted(set(COMPARISON_METHODS) | set(METHODS))}")
+    if row.method is None:
+        return SmoothedImageClassifier.from_pretrained(base, sigma=sigma).requires_grad_(False)
+    return SmoothedImageClassifier.from_pretrained(base, sigma=sigma, method=row.method)
 
 
 def train_and_certify(
@@ -169,11 +211,8 @@ def _train(
         "train_dataset": dataset["train"].with_transform(transform),
         "eval_dataset": dataset["validation"].with_transform(transform),
     }
-    learning_rate = (
-        settings.full_learning_rate
-        if _trains_every_parameter(method)
-        else (settings.denoiser_learning_rate if method.startswith("dncnn-") else settings.learning_rate)
-    )
+    row = comparison_method(method)
+    learning_rate = getattr(settings, row.learning_rate)
     args = TrainingArguments(
         output_dir=os.path.join(output_dir, "trainer"),
         num_train_epochs=settings.epochs,
@@ -189,18 +228,18 @@ def _train(
         seed=seed,
         dataloader_num_workers=0,
     )
-    if method == "dncnn-surrogate":
-        surrogate = SmoothedImageClassifier.from_pretrained(method_model(method, settings), sigma=settings.sigma)
-        trainer = DenoiserTrainer(model, args, objective="stability", surrogate=surrogate, **data)
-    elif method.startswith("dncnn-"):
-        trainer = DenoiserTrainer(model, args, objective=method.removeprefix("dncnn-"), **data)
-    elif method == "consistency":
+    if row.objective is not None:
+        surrogate = None
+        if row.second_model is not None:  # trained through the surrogate (query access to the base)
+            surrogate = SmoothedImageClassifier.from_pretrained(second_model(method, settings), sigma=settings.sigma)
+        trainer = DenoiserTrainer(model, args, objective=row.objective, surrogate=surrogate, **data)
+    elif row.consistency:
         trainer = SmoothingTrainer(
             model, args, num_noise_samples=2, consistency_weight=settings.consistency_weight, **data
         )
     else:
         trainer = SmoothingTrainer(model, args, **data)
-    trains = method not in ("base", "diffusion")
+    trains = row.trains
     before = trainer.evaluate(metric_key_prefix="before")["before_accuracy"]
     started = time.perf_counter()
     steps = trainer.train().global_step if trains else 0
@@ -229,11 +268,6 @@ def _train(
     return model.eval()
 
 
-def _trains_every_parameter(method: str) -> bool:
-    """Whether ``method`` is a registry method that trains every parameter (it gets ``full_learning_rate``)."""
-    return method in METHODS and METHODS[method].trains is Trains.EVERY_PARAMETER
-
-
 def run_folder(output_dir: str | os.PathLike, method: str, seed: int, seeded: bool) -> str:
     """Where a run goes: ``output_dir/method`` or, for a method run with several seeds,
     ``output_dir/method-seed<seed>``."""
@@ -255,9 +289,8 @@ def run_comparison(
     with the first seed), certify the saved smoothing models of ``pretrained`` (label -> folder, e.g. a
     black-box coordinator) on the same images, and write the comparison (``write_comparison``) into
     ``output_dir``. Returns its Markdown table."""
-    unknown = [m for m in methods if m not in COMPARISON_METHODS and m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; allowed: {sorted(set(COMPARISON_METHODS) | set(METHODS))}")
+    for method in methods:
+        comparison_method(method)
     if not seeds:
         raise ValueError("`seeds` must hold at least one seed")
     planned = {  # method -> (seed, run folder) of each of its runs
