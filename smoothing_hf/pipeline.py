@@ -19,7 +19,7 @@ import glob
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -147,7 +147,8 @@ def certify(
     spent = 0  # samples drawn by all processes in this run (estimated from this one's progress)
     writes_rows = state.is_main_process or not sample_parallel
     progress_path = os.path.join(output_dir, f"progress-{state.process_index}.tsv")
-    with appending_rows(progress_path, chosen.columns) if writes_rows else _no_rows() as append:
+    no_rows = contextlib.nullcontext(lambda row: None)
+    with appending_rows(progress_path, chosen.columns) if writes_rows else no_rows as append:
         if sample_parallel:
             work = [[idx] for idx in remaining]
         else:
@@ -158,16 +159,16 @@ def certify(
             tic = time.perf_counter()
             pixels, labels = _load(dataset, indices, model.num_labels, mode)
             decisions = _decide(chosen, smoother, pixels, indices, settings, batch_size, sample_parallel, state)
-            for idx, label, decision in zip(indices, labels, decisions):
-                row = {"idx": idx, "label": label, **chosen.row(decision, settings)}
-                row["correct"] = int(row["predict"] == label and row["predict"] != ABSTAIN)
-                row["time"] = (time.perf_counter() - tic) / len(indices)
-                if writes_rows:
+            seconds = (time.perf_counter() - tic) / len(indices)
+            rows = [{"idx": idx, "label": label, **chosen.row(decision, settings), "time": seconds}
+                    for idx, label, decision in zip(indices, labels, decisions)]
+            for row in rows:
+                row["correct"] = int(row["predict"] == row["label"] and row["predict"] != ABSTAIN)
+            if writes_rows:  # sample-parallel: the main process writes each row
+                for row in rows:
                     append(row)
-                    new_rows.append(row)
-            spent += sum(row["samples"] for row in new_rows[-len(indices) :]) * (
-                1 if sample_parallel else state.num_processes
-            )
+                new_rows.extend(rows)
+            spent += sum(row["samples"] for row in rows) * (1 if sample_parallel else state.num_processes)
             progress.update(len(indices) * (1 if sample_parallel else state.num_processes))
             progress.set_postfix(samples_per_s=f"{spent / (time.perf_counter() - started):.0f}")
     progress.close()
@@ -385,9 +386,3 @@ def _read_settings(folder: str | os.PathLike) -> dict:
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist: not a certification output folder")
     return read_json(path)
-
-
-@contextlib.contextmanager
-def _no_rows() -> Iterator[Callable[[dict], None]]:
-    """What a sample-parallel process other than the main one writes: nothing (the main one writes each row)."""
-    yield lambda row: None
