@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from .checks import check_choice
@@ -254,6 +255,21 @@ def check_labels(dataset: Dataset | DatasetDict, num_labels: int, label_column: 
                 "the model a new head: "
                 "from_pretrained(..., num_labels=K, id2label=..., label2id=..., ignore_mismatched_sizes=True)"
             )
+
+
+def labelled_batch(
+    dataset: Any, indices: Sequence[int], num_labels: int, task: str
+) -> tuple[torch.Tensor, list[int]]:
+    """The examples ``indices`` of ``dataset`` as a batch: pixels [B, C, H, W] (their "pixel_values") and labels
+    (their "labels" or "label"), which must lie in [0, ``num_labels``); ``task`` names what needs them in errors."""
+    items = [dataset[i] for i in indices]
+    if any("labels" not in item and "label" not in item for item in items):
+        raise ValueError(f"{task} needs labelled examples: dataset items must have a 'labels' or 'label' entry")
+    labels = [int(item["labels"] if "labels" in item else item["label"]) for item in items]
+    outside = [label for label in labels if not 0 <= label < num_labels]
+    if outside:
+        raise ValueError(f"labels {outside} are outside the model's label range [0, {num_labels})")
+    return torch.stack([item["pixel_values"] for item in items]), labels
 
 
 def class_names(dataset: Dataset | DatasetDict, label_column: str = "label") -> list[str]:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .certification import ABSTAIN, Smoother
 from .checks import check_choice, check_number, check_optional_positive_int, check_positive_int, is_number
+from .data import labelled_batch
 from .files import appending_rows, read_json, read_rows, write_json, write_rows
 from .modeling import SmoothedImageClassifier
 from .modes import MODE_OPTIONS, MODES, Mode
@@ -157,7 +158,7 @@ def certify(
                 work = [mine[i : i + group] for i in range(0, len(mine), group)]
         for indices in work:
             tic = time.perf_counter()
-            pixels, labels = _load(dataset, indices, model.num_labels, mode)
+            pixels, labels = labelled_batch(dataset, indices, model.num_labels, mode)
             decisions = _decide(chosen, smoother, pixels, indices, settings, batch_size, sample_parallel, state)
             seconds = (time.perf_counter() - tic) / len(indices)
             rows = [{"idx": idx, "label": label, **chosen.row(decision, settings), "time": seconds}
@@ -308,17 +309,6 @@ def _resume(output_dir: str | os.PathLike, settings: dict, chosen: Mode, state: 
     ]
     state.wait_for_everyone()  # every process has read the folder before any appends to it
     return {row["idx"]: row for row in _merge_rows(rows)}
-
-
-def _load(dataset: Any, indices: list[int], num_labels: int, mode: str) -> tuple[torch.Tensor, list[int]]:
-    items = [dataset[i] for i in indices]
-    if any("labels" not in item and "label" not in item for item in items):
-        raise ValueError(f"{mode} needs labelled examples: dataset items must have a 'labels' or 'label' entry")
-    labels = [int(item["labels"] if "labels" in item else item["label"]) for item in items]
-    outside = [label for label in labels if not 0 <= label < num_labels]
-    if outside:
-        raise ValueError(f"labels {outside} are outside the model's label range [0, {num_labels})")
-    return torch.stack([item["pixel_values"] for item in items]), labels
 
 
 def _decide(

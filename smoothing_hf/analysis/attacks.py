@@ -33,6 +33,7 @@ from ..checks import (
     check_seed,
     check_sigma,
 )
+from ..data import labelled_batch
 from ..files import read_rows, write_json, write_rows
 from ..modeling import SmoothedImageClassifier
 from ..noise import derive_seed
@@ -225,7 +226,7 @@ def attack_dataset(
     group = max(1, batch_size // num_noise)
     for start in tqdm(range(0, len(selected), group), desc="attack", unit="batch"):
         indices = selected[start : start + group]
-        pixels, labels = _load(dataset, indices, model.num_labels)
+        pixels, labels = labelled_batch(dataset, indices, model.num_labels, "the attack")
         pixels = pixels.to(device)
         if certified_rows is not None:
             _check_same_labels(certified_rows, indices, labels)
@@ -292,17 +293,6 @@ def _logits(output: Any, batch: int) -> torch.Tensor:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"`model` must return logits of shape [batch, num_classes] (batch {batch}), got {got}")
     return logits
-
-
-def _load(dataset: Any, indices: list[int], num_labels: int) -> tuple[torch.Tensor, list[int]]:
-    items = [dataset[i] for i in indices]
-    if any("labels" not in item and "label" not in item for item in items):
-        raise ValueError("the attack needs labelled examples: dataset items must have a 'labels' or 'label' entry")
-    labels = [int(item["labels"] if "labels" in item else item["label"]) for item in items]
-    outside = [label for label in labels if not 0 <= label < num_labels]
-    if outside:
-        raise ValueError(f"labels {outside} are outside the model's label range [0, {num_labels})")
-    return torch.stack([item["pixel_values"] for item in items]), labels
 
 
 def _certified_rows(certified: str | os.PathLike | Sequence[dict] | None, selected: list[int]) -> list[dict] | None:
