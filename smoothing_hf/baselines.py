@@ -162,9 +162,7 @@ class DenoiserTrainer(SmoothingTrainer):
 
 def base_logits(smoothed: SmoothedImageClassifier, pixels: torch.Tensor) -> torch.Tensor:
     """The logits of ``smoothed``'s base model alone (no input module) on [B, C, H, W] pixels in [0, 1]."""
-    normalized = (pixels - smoothed.image_mean) / smoothed.image_std
-    dtype = next(smoothed.model.parameters()).dtype
-    return smoothed.model(pixel_values=normalized.to(dtype)).logits
+    return smoothed.base_logits(pixels)
 
 
 # ---------------------------------------------------------------------------------------------- diffusion

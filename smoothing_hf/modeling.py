@@ -15,17 +15,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub import CommitInfo
 from peft import PeftConfig, PeftModel
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import logging
 
 from . import serialization
 from .certification import Certificate, Smoother
 from .config import SmoothingConfig
 from .hub import certification_record, push_folder
 from .input_modules import InputModule
+from .methods import NotMergeable, merge_adapter
 from .transforms import PixelTransform
+
+logger = logging.get_logger(__name__)
 
 
 class SmoothedImageClassifier(torch.nn.Module):
@@ -203,8 +208,9 @@ class SmoothedImageClassifier(torch.nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
         """Classify [B, C, H, W] pixels on the [0, 1] scale (noisy pixels may leave [0, 1]; they are not
-        clipped). Returns the base model's ``ImageClassifierOutput``: logits [B, num_labels], and the loss
-        when ``labels`` [B] are given."""
+        clipped). Returns an ``ImageClassifierOutput``: the logits [B, num_labels] transformers predicts with
+        (for a distilled two-head model, the mean of its heads), and, when ``labels`` [B] are given, their
+        cross-entropy as the loss, for every base model alike (distilled ones return none of their own)."""
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.num_channels:
             raise ValueError(
                 f"`pixel_values` must have shape [B, {self.num_channels}, H, W], got {tuple(pixel_values.shape)}"
@@ -217,14 +223,37 @@ class SmoothedImageClassifier(torch.nn.Module):
                     f"the {self.config.input_module['type']} input module must return pixels of its input's shape "
                     f"{tuple(shape)}, got {tuple(pixel_values.shape)}"
                 )
+        logits = self.base_logits(pixel_values)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+    def base_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The base model's logits [B, num_labels] on [B, C, H, W] pixels in [0, 1], normalized here; no input
+        module. A classifier whose output has no ``logits`` (PP-LCNet returns its class scores as
+        ``last_hidden_state``) is read from that field."""
         normalized = (pixel_values - self.image_mean) / self.image_std
         dtype = next(self.model.parameters()).dtype
-        return self.model(pixel_values=normalized.to(dtype), labels=labels, return_dict=True)
+        output = self.model(pixel_values=normalized.to(dtype), return_dict=True)
+        logits = getattr(output, "logits", None)
+        if logits is None:
+            logits = getattr(output, "last_hidden_state", None)
+        if not isinstance(logits, torch.Tensor) or logits.shape != (len(pixel_values), self.num_labels):
+            raise ValueError(
+                f"{type(self.model).__name__} returned no class scores of shape [B, num_labels="
+                f"{self.num_labels}] (as `logits`, or `last_hidden_state`), got {type(output).__name__}"
+            )
+        return logits
 
     def inference_model(self) -> SmoothedImageClassifier:
         """This model for certification: a PEFT adapter is merged into a copy of the weights
-        (``serialization.merge_adapter``), so an adapter costs nothing per forward pass; without one, ``self``."""
-        merged = serialization.merge_adapter(self.model)
+        (``smoothing_hf.methods.merge_adapter``), so an adapter costs nothing per forward pass; without one, ``self``.
+        Where the adapter cannot be folded exactly (see ``smoothing_hf.methods.merged_copy``), ``self``,
+        unmerged, which computes the same classifier; the reason is logged once."""
+        try:
+            merged = merge_adapter(self.model)
+        except NotMergeable as error:
+            logger.warning_once(f"certifying the unmerged {type(self.model.get_base_model()).__name__}: {error}")
+            return self
         if merged is self.model:
             return self
         return SmoothedImageClassifier(merged, self.config, self.image_processor, self.input_module)

@@ -6,8 +6,8 @@ the model as its method's registry row says (``smoothing_hf.methods.Saved``: pef
 the image processor and a ``README.md`` model card. Weights are read and written as safetensors only.
 
 ``SmoothedImageClassifier.from_pretrained``/``save_pretrained`` delegate here: ``load`` returns the parts the
-classifier is built from, ``save`` writes them. ``merge_adapter`` is the one way an adapter is folded into the
-base weights, for a merged export and for certification. Nothing here imports training code.
+classifier is built from, ``save`` writes them; a merged export folds the adapter with
+``smoothing_hf.methods.merged_model``. Nothing here imports training code.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
@@ -34,7 +34,19 @@ from .config import SMOOTHING_CONFIG_NAME, SmoothingConfig
 from .files import read_json
 from .hub import MODEL_CARD_NAME, write_model_card
 from .input_modules import InputModule, input_module_from_record
-from .methods import METHODS, Saved, apply_method, head_module_names, saved_form, trainable_parameters, trainable_state
+from .methods import (
+    METHODS,
+    Saved,
+    apply_method,
+    apply_peft_config,
+    carry_base_layer_attributes,
+    head_module_names,
+    is_peft_type,
+    merged_model,
+    saved_form,
+    trainable_parameters,
+    trainable_state,
+)
 from .transforms import load_image_processor, per_channel
 
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
@@ -116,7 +128,7 @@ def load(
         mean, std = [0.0] * num_channels, [1.0] * num_channels
     if peft_config is not None:
         method = str(peft_config.peft_type.value).lower()
-        model = get_peft_model(model, peft_config)
+        model = apply_peft_config(model, peft_config)
     elif method is not None:
         model = apply_method(model, method, **(method_options or {}))
     elif input_module is not None:
@@ -145,8 +157,10 @@ def _load_folder(
             "certified at the sigma it was trained for: omit `sigma` or pass the saved value"
         )
     method = config.peft_method
-    if method is not None and method not in METHODS:
-        raise ValueError(f"{config_file} names an unknown method {method!r}; allowed: {sorted(METHODS)}")
+    if method is not None and method not in METHODS and not is_peft_type(method):
+        raise ValueError(
+            f"{config_file} names an unknown method {method!r}; allowed: {sorted(METHODS)} or a peft method's type"
+        )
     held = saved_form(method, merged=config.merged)
     what = "the whole model" if held is Saved.WHOLE_MODEL else f"the {method} adapter"
     base_kwargs = {k: v for k, v in hub_kwargs.items() if k != "revision"}
@@ -163,6 +177,7 @@ def _load_folder(
         # Both files lie in one folder (the repo's snapshot at one commit): peft reads them there, so it
         # never falls back to a pickled adapter_model.bin.
         model = PeftModel.from_pretrained(_load_base_model(config, base_kwargs), os.path.dirname(weights))
+        carry_base_layer_attributes(model)
     else:
         weights = _required_file(name_or_path, WEIGHTS_NAME, what, hub_kwargs)
         _check_same_base(config, _check_safetensors(weights).get("base_model_name_or_path"), weights)
@@ -199,7 +214,8 @@ def save(
         )
     os.makedirs(save_directory, exist_ok=True)
     config = copy.deepcopy(parts.config)
-    config.id2label = {str(k): str(v) for k, v in model.config.id2label.items()}
+    id2label = model.config.id2label or {i: f"LABEL_{i}" for i in range(model.config.num_labels)}  # PVT's is None
+    config.id2label = {str(k): str(v) for k, v in id2label.items()}
     config.training = training_record(model, config, input_module)
     # Any PeftModel is held as peft's files, also one from a `peft_config` whose type the registry lacks.
     held = Saved.PEFT_ADAPTER if isinstance(model, PeftModel) else saved_form(config.peft_method, merged=config.merged)
@@ -223,25 +239,6 @@ def save(
         config.to_json_file(os.path.join(staging, SMOOTHING_CONFIG_NAME))
         for name in sorted(os.listdir(staging), key=lambda n: n == SMOOTHING_CONFIG_NAME):
             os.replace(os.path.join(staging, name), os.path.join(save_directory, name))
-
-
-def merge_adapter(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
-    """``model`` with its peft adapter folded into a copy of the weights (peft's ``merge_and_unload``), so that
-    the adapter costs nothing per forward pass; ``model`` itself when it holds no peft adapter (``linear`` and
-    ``full`` train the base weights themselves; our adapters and prompts stay modules of their own)."""
-    return copy.deepcopy(model).merge_and_unload() if isinstance(model, PeftModel) else model
-
-
-def merged_model(model: PreTrainedModel | PeftModel, method: str | None) -> PreTrainedModel:
-    """The plain ``transformers`` model of a merged export: ``merge_adapter(model)``, for a method whose
-    registry row says it is ``mergeable`` (or no method); a ValueError otherwise."""
-    if method in METHODS and not METHODS[method].mergeable:
-        mergeable = sorted(name for name, row in METHODS.items() if row.mergeable)
-        raise ValueError(
-            f"`merge_adapter=True` needs a method whose update folds into the base weights ({mergeable}); "
-            f"{method!r} adds modules of its own: save it without `merge_adapter`"
-        )
-    return merge_adapter(model)
 
 
 def training_record(

@@ -140,7 +140,7 @@ def test_a_method_that_does_not_apply_to_the_base_fails_before_anything_is_train
     resnet = str(tmp_path / "resnet")
     tiny_resnet().save_pretrained(resnet)
     ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5], image_std=[0.5]).save_pretrained(resnet)
-    with pytest.raises(ValueError, match="'adapter' needs a transformer backbone"):
+    with pytest.raises(ValueError, match="'adapter' does not apply to .*: it needs a transformer backbone"):
         run_comparison(
             resnet,
             load_image_dataset("embedded:digits"),

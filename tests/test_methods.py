@@ -101,8 +101,9 @@ def test_the_registry_says_which_methods_apply_to_which_architecture():
 
 @pytest.mark.parametrize("method", NOT_FOR_RESNET)
 def test_a_method_refuses_an_architecture_its_row_excludes_and_names_those_that_apply(method):
-    with pytest.raises(ValueError, match=rf"method '{method}' needs .*: ResNetForImageClassification has .*"
-                                         rf"apply to ResNetForImageClassification are \['dora', 'full'"):
+    with pytest.raises(ValueError, match=rf"method '{method}' does not apply to ResNetForImageClassification \(model "
+                                         rf"type 'resnet'\): it needs .*, and ResNetForImageClassification has .*"
+                                         rf"apply to it are \['dora', 'full'"):
         apply_method(tiny_resnet(), method)
 
 

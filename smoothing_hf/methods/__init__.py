@@ -24,7 +24,8 @@ from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, Peft
 from transformers import PreTrainedModel
 
 from .adapter import AdapterConfig, add_adapters, unfit_for_adapters
-from .targets import head_module_names, peft_target_modules
+from .peft_layers import NotMergeable, carry_base_layer_attributes, is_peft_type, merged_copy
+from .targets import adaptable_layers, backbone_module_names, head_module_names, peft_target_modules
 from .vpt import VPTConfig, add_prompts, unfit_for_prompts
 
 
@@ -53,7 +54,25 @@ class Architectures:
     unfit: Callable[[PreTrainedModel], str | None]
 
 
-ANY_CLASSIFIER = Architectures("an image classifier with linear or convolutional layers", lambda model: None)
+def _unfit_for_peft(model: PreTrainedModel) -> str | None:
+    try:
+        adaptable_layers(model)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _unfit_for_head_training(model: PreTrainedModel) -> str | None:
+    try:
+        head_module_names(model)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+ANY_CLASSIFIER = Architectures("any image classifier", lambda model: None)
+PEFT_LAYERS = Architectures("linear or ungrouped convolutional layers in the backbone", _unfit_for_peft)
+CLASSIFICATION_HEAD = Architectures("a classification head outside the backbone", _unfit_for_head_training)
 TRANSFORMER_BACKBONE = Architectures(
     "a transformer backbone (attention and MLP sublayers of linear layers)", unfit_for_adapters
 )
@@ -95,8 +114,9 @@ class Method:
         reason = self.architectures.unfit(model)
         if reason is not None:
             raise ValueError(
-                f"method '{self.name}' needs {self.architectures.description}: {reason}; the methods that apply to "
-                f"{type(model).__name__} are {applicable_methods(model)}"
+                f"method '{self.name}' does not apply to {type(model).__name__} (model type "
+                f"'{model.config.model_type}'): it needs {self.architectures.description}, and {reason}; the methods "
+                f"that apply to it are {applicable_methods(model)}"
             )
 
 
@@ -111,7 +131,7 @@ def _peft_method(config_class: type[PeftConfig], defaults: dict[str, Any]) -> Ca
             "modules_to_save": head_module_names(model) if train_head else None,
             **options,
         }
-        return get_peft_model(model, config_class(**settings))
+        return carry_base_layer_attributes(get_peft_model(model, config_class(**settings)))
 
     return apply
 
@@ -155,21 +175,21 @@ METHODS: dict[str, Method] = {
     for method in [
         # name, description, builder, architectures, trains, mergeable, saved
         Method("lora", "LoRA (peft): low-rank updates of the backbone's linear layers",
-               _peft_method(LoraConfig, _LORA), ANY_CLASSIFIER, _ADDED, True, _PEFT),
+               _peft_method(LoraConfig, _LORA), PEFT_LAYERS, _ADDED, True, _PEFT),
         Method("dora", "DoRA (peft LoraConfig(use_dora=True)): weight-decomposed LoRA",
-               _peft_method(LoraConfig, {**_LORA, "use_dora": True}), ANY_CLASSIFIER, _ADDED, True, _PEFT),
+               _peft_method(LoraConfig, {**_LORA, "use_dora": True}), PEFT_LAYERS, _ADDED, True, _PEFT),
         Method("ia3", "IA3 (peft): learned rescaling of the backbone's linear outputs",
-               _peft_method(IA3Config, {"feedforward_modules": []}), ANY_CLASSIFIER, _ADDED, True, _PEFT),
+               _peft_method(IA3Config, {"feedforward_modules": []}), PEFT_LAYERS, _ADDED, True, _PEFT),
         Method("loha", "LoHa (peft): low-rank Hadamard-product updates",
-               _peft_method(LoHaConfig, {"r": 8, "alpha": 16}), ANY_CLASSIFIER, _ADDED, True, _PEFT),
+               _peft_method(LoHaConfig, {"r": 8, "alpha": 16}), PEFT_LAYERS, _ADDED, True, _PEFT),
         Method("lokr", "LoKr (peft): low-rank Kronecker-product updates",
-               _peft_method(LoKrConfig, {"r": 8, "alpha": 16}), ANY_CLASSIFIER, _ADDED, True, _PEFT),
+               _peft_method(LoKrConfig, {"r": 8, "alpha": 16}), PEFT_LAYERS, _ADDED, True, _PEFT),
         Method("adapter", "bottleneck adapters after attention and MLP sublayers (ours)",
                _own_method(AdapterConfig, add_adapters), TRANSFORMER_BACKBONE, _ADDED, False, _OURS),
         Method("vpt", "visual prompt tuning, shallow or deep, for ViT-family models (ours)",
                _own_method(VPTConfig, add_prompts), VIT_FAMILY, _ADDED, False, _OURS),
         Method("linear", "the classification head only",
-               _own_method(None, None), ANY_CLASSIFIER, _HEAD, True, _OURS),
+               _own_method(None, None), CLASSIFICATION_HEAD, _HEAD, True, _OURS),
         Method("full", "every parameter (full fine-tuning)", _full, ANY_CLASSIFIER, _ALL, True, _WHOLE),
     ]
 }
@@ -188,11 +208,17 @@ def applicable_methods(model: PreTrainedModel) -> list[str]:
 
 
 def saved_form(method: str | None, *, merged: bool = False) -> Saved | None:
-    """How a smoothing folder of a model fine-tuned with ``method`` (a ``METHODS`` name, or None for an
-    unadapted base, whose folder holds no weights of it) holds that model; a merged one is held whole."""
+    """How a smoothing folder of a model fine-tuned with ``method`` holds that model: a ``METHODS`` name as its
+    row says; any other peft method (a ``peft_config`` of a type the registry lacks, e.g. ``"vera"``) as
+    peft's adapter files; None for an unadapted base, whose folder holds no weights of it; a merged one
+    whole. Anything else is a ValueError listing the known names."""
     if merged:
         return Saved.WHOLE_MODEL
-    return None if method is None else get_method(method).saved
+    if method is None:
+        return None
+    if method not in METHODS and is_peft_type(method):
+        return Saved.PEFT_ADAPTER
+    return get_method(method).saved
 
 
 def apply_method(model: PreTrainedModel, method: str, **options: Any) -> PreTrainedModel | PeftModel:
@@ -205,6 +231,47 @@ def apply_method(model: PreTrainedModel, method: str, **options: Any) -> PreTrai
         raise TypeError(f"`model` must be a transformers PreTrainedModel, got {type(model).__name__}")
     row.check_applies(model)
     return row.apply(model, options)
+
+
+def apply_peft_config(model: PreTrainedModel, peft_config: PeftConfig) -> PeftModel:
+    """``get_peft_model`` with a ``peft_config`` from the user; targets that match nothing in ``model`` are a
+    ValueError naming the layers that would work."""
+    try:
+        peft_model = get_peft_model(model, peft_config)
+    except ValueError as error:
+        if "target" not in str(error).lower():
+            raise
+        raise ValueError(
+            f"`peft_config` ({type(peft_config).__name__}, target_modules={peft_config.target_modules!r}) does not fit "
+            f"{type(model).__name__}: {error}. Its adaptable layers are target_modules={peft_target_modules(model)!r}"
+        ) from None
+    return carry_base_layer_attributes(peft_model)
+
+
+def merge_adapter(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    """``model`` with its peft adapter folded into a copy of the weights (``smoothing_hf.methods.merged_copy``),
+    so that the adapter costs nothing per forward pass; ``model`` itself when it holds no peft adapter
+    (``linear`` and ``full`` train the base weights themselves; our adapters and prompts stay modules of their
+    own). An adapter that cannot be folded exactly is a ``NotMergeable`` error saying why."""
+    return merged_copy(model) if isinstance(model, PeftModel) else model
+
+
+def merged_model(model: PreTrainedModel | PeftModel, method: str | None) -> PreTrainedModel:
+    """The plain ``transformers`` model of a merged export: ``merge_adapter(model)``, for a method whose
+    registry row says it is ``mergeable`` (or no method, or a peft method outside the registry); a
+    ValueError saying why otherwise."""
+    if method in METHODS and not METHODS[method].mergeable:
+        mergeable = sorted(name for name, row in METHODS.items() if row.mergeable)
+        raise ValueError(
+            f"`merge_adapter=True` needs a method whose update folds into the base weights ({mergeable}); "
+            f"{method!r} adds modules of its own: save it without `merge_adapter`"
+        )
+    try:
+        return merge_adapter(model)
+    except NotMergeable as error:
+        raise ValueError(f"`merge_adapter=True` is not possible for this model: {error}; save it without "
+                         "`merge_adapter` (certification uses the unmerged model, which computes the same "
+                         "classifier)") from None
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -225,7 +292,10 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 __all__ = [
-    "ANY_CLASSIFIER", "METHODS", "TRANSFORMER_BACKBONE", "VIT_FAMILY", "AdapterConfig", "Architectures", "Method",
-    "Saved", "Trains", "VPTConfig", "applicable_methods", "apply_method", "get_method", "head_module_names",
-    "peft_target_modules", "saved_form", "trainable_parameters", "trainable_state",
+    "ANY_CLASSIFIER", "CLASSIFICATION_HEAD", "METHODS", "PEFT_LAYERS", "TRANSFORMER_BACKBONE", "VIT_FAMILY",
+    "AdapterConfig", "Architectures", "Method", "NotMergeable", "Saved", "Trains", "VPTConfig", "adaptable_layers",
+    "applicable_methods", "apply_method", "apply_peft_config", "backbone_module_names", "carry_base_layer_attributes",
+    "get_method", "head_module_names", "is_peft_type", "merge_adapter", "merged_copy", "merged_model",
+    "peft_target_modules", "saved_form",
+    "trainable_parameters", "trainable_state",
 ]
