@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 """The columns of Cohen et al.'s ``certify.py`` output, in their order."""
 INTEGER_COLUMNS = ("idx", "label", "predict", "correct")
+TEXT_COLUMNS = ("pixel_digest",)
+"""Columns read as text even when they look like numbers (a hex digest can be all digits)."""
 
 
 # ---------------------------------------------------------------------------------------------- atomic writes
@@ -176,6 +178,8 @@ def _parse_row(line: str, header: list[str], path: str | os.PathLike, number: in
                 row[column] = float(text)
             elif column == "time":
                 row[column] = _seconds(text)
+            elif column in TEXT_COLUMNS:
+                row[column] = text
             else:
                 row[column] = _value(text)
     except ValueError as error:

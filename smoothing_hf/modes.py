@@ -75,12 +75,12 @@ def _predict_summary(rows: list[dict], settings: dict, radii: Sequence[float]) -
             "abstain_rate": float(np.mean([r["predict"] == ABSTAIN for r in rows]))}
 
 
-SAMPLES = ("samples",)
+OUR_COLUMNS = ("samples", "pixel_digest")  # noisy forward passes spent; the hash that ties the row to its image
 MODES = {
     mode.name: mode
     for mode in [
         Mode(
-            "certify", "certify.tsv", COHEN_COLUMNS + SAMPLES, ("n0", "n"),
+            "certify", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS, ("n0", "n"),
             decide=lambda smoother, pixels, seeds, s, batch: smoother.certify(
                 pixels, n0=s["n0"], n=s["n"], alpha=s["alpha"], batch_size=batch, seed=seeds),
             row=_certificate_row, summarize=_radii_summary,
@@ -89,7 +89,7 @@ MODES = {
             plots=True,
         ),
         Mode(
-            "predict", "predict.tsv", ("idx", "label", "predict", "correct", "time") + SAMPLES, ("n",),
+            "predict", "predict.tsv", ("idx", "label", "predict", "correct", "time") + OUR_COLUMNS, ("n",),
             decide=lambda smoother, pixels, seeds, s, batch: smoother.predict(
                 pixels, n=s["n"], alpha=s["alpha"], batch_size=batch, seed=seeds),
             row=lambda prediction, s: {"predict": prediction, "samples": s["n"]}, summarize=_predict_summary,
@@ -97,14 +97,14 @@ MODES = {
             from_counts=lambda counts, s, sigma: predictions_from_counts(counts[0], s["alpha"]),
         ),
         Mode(
-            "fixed_radius", "certify.tsv", COHEN_COLUMNS + SAMPLES, ("n0", "radius", "max_n", "growth"),
+            "fixed_radius", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS, ("n0", "radius", "max_n", "growth"),
             decide=lambda smoother, pixels, seeds, s, batch: smoother.certify_at_radius(
                 pixels, s["radius"], n0=s["n0"], max_n=s["max_n"], alpha=s["alpha"], batch_size=batch, seed=seeds,
                 growth=s["growth"]),
             row=_radius_row, summarize=_fixed_radius_summary,
         ),
         Mode(
-            "adaptive", "certify.tsv", COHEN_COLUMNS + SAMPLES, ("n0", "tolerance", "max_n", "growth"),
+            "adaptive", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS, ("n0", "tolerance", "max_n", "growth"),
             decide=lambda smoother, pixels, seeds, s, batch: smoother.certify(
                 pixels, n0=s["n0"], n=s["max_n"], alpha=s["alpha"], batch_size=batch, seed=seeds,
                 tolerance=s["tolerance"], growth=s["growth"]),
@@ -113,5 +113,6 @@ MODES = {
     ]
 }
 """The certification modes by name. Every TSV has Cohen's columns (predict mode: no radius), then the noisy
-samples spent on the example. The sequential modes (no ``phases``) decide after each round of samples, so
-they split images, not samples, over processes."""
+samples spent on the example and its ``pixel_digest`` (``smoothing_hf.run_folder.pixel_digest``). The
+sequential modes (no ``phases``) decide after each round of samples, so they split images, not samples, over
+processes."""

@@ -14,6 +14,7 @@ the rows do not depend on the number of processes, the batch size, or whether th
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import math
@@ -29,33 +30,22 @@ from accelerate.utils import gather_object, reduce
 from tqdm.auto import tqdm
 
 from .certification import ABSTAIN, Smoother
-from .checks import check_choice, check_number, check_optional_positive_int, check_positive_int, is_number
+from .checks import (
+    check_alpha,
+    check_choice,
+    check_number,
+    check_optional_positive_int,
+    check_positive_int,
+    check_seed,
+    is_number,
+)
 from .data import labelled_batch
 from .files import appending_rows, read_json, read_rows, write_json, write_rows
 from .modeling import SmoothedImageClassifier
 from .modes import MODE_OPTIONS, MODES, Mode
 from .noise import chunk_sizes, derive_seed
 from .reporting import DEFAULT_RADII, plot_certified_accuracy
-
-SETTINGS_NAME = "settings.json"
-RESUME_KEYS = (
-    "mode",
-    "sigma",
-    "n0",
-    "n",
-    "alpha",
-    "seed",
-    "skip",
-    "num_shards",
-    "shard_index",
-    "model",
-    "num_dataset_examples",
-    "radius",
-    "max_n",
-    "tolerance",
-    "growth",
-)
-"""Settings a resumed run must share with the folder's recorded ones (batch size and process count may differ)."""
+from .run_folder import SETTINGS_NAME, done_rows, pixel_digest, read_settings, record_settings
 
 
 def certify(
@@ -80,11 +70,16 @@ def certify(
     growth: float = 4.0,
     radii: Sequence[float] = DEFAULT_RADII,
     evaluate_metric: Any = None,
+    dataset_name: str | None = None,
+    split: str | None = None,
 ) -> dict:
     """Certify (or PREDICT, or test a radius) examples of ``dataset`` into ``output_dir``.
 
-    Rerunning with the same ``output_dir`` resumes: examples already done are skipped; settings that
-    differ from the folder's (sigma, n0, n, alpha, seed, model, skip, shard) are an error.
+    Every argument and every selected example (its label and pixels) is checked before anything is written.
+    Rerunning with the same ``output_dir`` resumes: examples already done are skipped, after proving the
+    folder holds this run (``smoothing_hf.run_folder``): the same settings (sigma, n0, n, alpha, seed, model,
+    skip, shard, dataset), and each row done already is one of the selected examples, with its label and
+    pixels. Anything else is an error, and the folder is left as it was.
 
     Args:
         model: the smoothed classifier (its sigma is the noise level, in [0, 1] pixel units).
@@ -102,6 +97,8 @@ def certify(
             ``max_n`` estimation samples, ``certify.tsv``) or "adaptive" (``Smoother.certify`` with
             ``tolerance``, up to ``max_n`` estimation samples, ``certify.tsv``); ``growth`` is the round-size
             factor of both. The sequential modes split images, not samples, over processes.
+        dataset_name, split: the dataset's identity (Hub id, ``embedded:<name>`` or folder; its split), recorded
+            in ``settings.json`` and checked on resume.
         evaluate_metric: optionally, the certified accuracy ``evaluate`` module
             (``evaluate.load(smoothing_hf.reporting.certified_accuracy_metric_path())``); its result goes
             into the summary under "evaluate".
@@ -111,6 +108,10 @@ def certify(
     """
     chosen = _check_mode(mode, n0, n, radius, max_n, tolerance, growth, sample_parallel)
     _check_selection(skip, max_examples, num_shards, shard_index)
+    alpha, seed, batch_size = check_alpha(alpha), check_seed(seed), check_positive_int(batch_size, "batch_size")
+    for name, value in (("dataset_name", dataset_name), ("split", split)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"`{name}` must be a str or None, got {type(value).__name__}")
     state = PartialState(cpu=not torch.cuda.is_available())
     given = {"n0": n0, "n": n, "radius": radius, "max_n": max_n, "tolerance": tolerance, "growth": growth}
     settings = {
@@ -129,12 +130,22 @@ def certify(
             "method": model.config.peft_method,
             "input_module": (model.config.input_module or {}).get("type"),
         },
-        "num_dataset_examples": len(dataset),
+        "dataset": {"name": dataset_name, "split": split, "num_examples": len(dataset)},
     }
     selected = list(range(0, len(dataset), skip))[:max_examples][shard_index::num_shards]
-    done = _resume(output_dir, settings, chosen, state)
-    remaining = [idx for idx in selected if idx not in done]
+    if not selected:
+        raise ValueError(
+            f"no examples to certify: the dataset has {len(dataset)}, and skip={skip}, max_examples={max_examples}, "
+            f"shard {shard_index} of {num_shards} select none of them"
+        )
     smoother = model.to(state.device).smoother()
+    examples = _read_examples(dataset, selected, smoother, model.num_labels, mode)
+    done = done_rows(output_dir, settings, chosen.tsv_name, chosen.columns, examples)  # every check before a write
+    state.wait_for_everyone()
+    if state.is_main_process:
+        record_settings(output_dir, settings)
+    state.wait_for_everyone()  # every process has read the folder before any appends to it
+    remaining = [idx for idx in selected if idx not in done]
 
     started = time.perf_counter()
     progress = tqdm(
@@ -159,10 +170,18 @@ def certify(
         for indices in work:
             tic = time.perf_counter()
             pixels, labels = labelled_batch(dataset, indices, model.num_labels, mode)
+            digests = [pixel_digest(image) for image in pixels]
+            changed = [idx for idx, label, digest in zip(indices, labels, digests) if examples[idx] != (label, digest)]
+            if changed:
+                raise ValueError(
+                    f"dataset examples {changed[:5]} changed between two reads (other pixels or label): "
+                    "certification needs a deterministic transform (no random augmentation)"
+                )
             decisions = _decide(chosen, smoother, pixels, indices, settings, batch_size, sample_parallel, state)
             seconds = (time.perf_counter() - tic) / len(indices)
-            rows = [{"idx": idx, "label": label, **chosen.row(decision, settings), "time": seconds}
-                    for idx, label, decision in zip(indices, labels, decisions)]
+            rows = [{"idx": idx, "label": label, **chosen.row(decision, settings), "time": seconds,
+                     "pixel_digest": digest}
+                    for idx, label, decision, digest in zip(indices, labels, decisions, digests)]
             for row in rows:
                 row["correct"] = int(row["predict"] == row["label"] and row["predict"] != ABSTAIN)
             if writes_rows:  # sample-parallel: the main process writes each row
@@ -203,7 +222,11 @@ def merge_shards(
     is missing or repeated; writes ``certify.tsv`` (or ``predict.tsv``), ``summary.json`` and the plot."""
     if not shard_dirs:
         raise ValueError("`shard_dirs` must list at least one shard folder")
-    settings = [_read_settings(folder) for folder in shard_dirs]
+    target = os.path.realpath(output_dir)
+    if any(os.path.realpath(folder) == target for folder in shard_dirs):
+        raise ValueError(f"`output_dir` {os.fspath(output_dir)!r} is one of the shard folders: its files would be "
+                         "overwritten; merge into a new folder")
+    settings = [read_settings(folder) for folder in shard_dirs]
     first = settings[0]
     for folder, other in zip(shard_dirs, settings):
         differing = sorted(k for k in first if k != "shard_index" and other.get(k) != first[k])
@@ -217,10 +240,10 @@ def merge_shards(
     chosen = MODES[first["mode"]]
     rows = [row for folder in shard_dirs for row in read_rows(os.path.join(folder, chosen.tsv_name), chosen.columns)]
     indices = [row["idx"] for row in rows]
-    repeated = sorted({i for i in indices if indices.count(i) > 1})
+    repeated = sorted(i for i, count in collections.Counter(indices).items() if count > 1)
     if repeated:
         raise ValueError(f"example indices {repeated[:10]} appear in more than one shard")
-    expected = list(range(0, first["num_dataset_examples"], first["skip"]))[: first["max_examples"]]
+    expected = list(range(0, first["dataset"]["num_examples"], first["skip"]))[: first["max_examples"]]
     missing = sorted(set(expected) - set(indices))
     if missing:
         raise ValueError(f"example indices {missing[:10]} ({len(missing)} in all) are missing from the shards")
@@ -282,33 +305,20 @@ def _check_selection(skip: int, max_examples: int | None, num_shards: int, shard
         raise ValueError(f"`shard_index` must be an int in [0, num_shards={num_shards}), got {shard_index!r}")
 
 
-def _resume(output_dir: str | os.PathLike, settings: dict, chosen: Mode, state: PartialState) -> dict[int, dict]:
-    """Record the settings in a new folder, or check them against an existing one; return the rows
-    already done (final file and progress files), by index."""
-    path = os.path.join(output_dir, SETTINGS_NAME)
-    if state.is_main_process:
-        os.makedirs(output_dir, exist_ok=True)
-        if not os.path.exists(path):
-            write_json(settings, path)
-    state.wait_for_everyone()
-    recorded = _read_settings(output_dir)
-    differing = sorted(k for k in RESUME_KEYS if recorded.get(k) != settings[k])
-    if differing:
-        raise ValueError(
-            f"{output_dir} holds a run with other settings: "
-            + ", ".join(f"{k}={recorded.get(k)!r} there, {settings[k]!r} now" for k in differing)
-            + "; use another `output_dir`"
-        )
-    files = [os.path.join(output_dir, chosen.tsv_name), *sorted(glob.glob(os.path.join(output_dir, "progress-*.tsv")))]
-    # A progress file a kill left before its header was flushed is empty: it holds no rows.
-    rows = [
-        row
-        for file in files
-        if os.path.isfile(file) and os.path.getsize(file)
-        for row in read_rows(file, chosen.columns)
-    ]
-    state.wait_for_everyone()  # every process has read the folder before any appends to it
-    return {row["idx"]: row for row in _merge_rows(rows)}
+def _read_examples(
+    dataset: Any, selected: list[int], smoother: Smoother, num_labels: int, task: str
+) -> dict[int, tuple[int, str]]:
+    """idx -> (label, pixel digest) of each selected example, read once and checked (a label in [0,
+    ``num_labels``), pixels [C, H, W] in [0, 1] with the model's channels) before anything is written."""
+    examples = {}
+    for idx in selected:
+        pixels, labels = labelled_batch(dataset, [idx], num_labels, task)
+        try:
+            smoother.check_images(pixels)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"dataset example {idx}: {error}") from None
+        examples[idx] = (labels[0], pixel_digest(pixels[0]))
+    return examples
 
 
 def _decide(
@@ -369,10 +379,3 @@ def _merge_rows(rows: list[dict]) -> list[dict]:
     for row in rows:
         by_index.setdefault(row["idx"], row)
     return [by_index[i] for i in sorted(by_index)]
-
-
-def _read_settings(folder: str | os.PathLike) -> dict:
-    path = os.path.join(folder, SETTINGS_NAME)
-    if not os.path.exists(path):
-        raise ValueError(f"{path} does not exist: not a certification output folder")
-    return read_json(path)

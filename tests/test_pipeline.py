@@ -60,15 +60,19 @@ def test_rows_do_not_depend_on_the_batch_size_or_sample_parallel_mode(model, dat
 
 
 class FailsAfter:
-    """A dataset that raises after ``limit`` items: a run killed midway."""
+    """A dataset that raises once ``limit`` items have been read for certification: a run killed midway.
+    (The run first reads every selected example once to check it; those reads are not counted.)"""
 
     def __init__(self, items, limit):
-        self.items, self.limit, self.served = items, limit, 0
+        self.items, self.limit, self.served, self.checked = items, limit, 0, set()
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, index):
+        if index not in self.checked:
+            self.checked.add(index)
+            return self.items[index]
         self.served += 1
         if self.served > self.limit:
             raise RuntimeError("killed")
@@ -139,7 +143,8 @@ def test_three_shards_merge_into_the_single_run(model, dataset, reference, tmp_p
 def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_path):
     summary = certify(model, dataset, output_dir=tmp_path, mode="predict", n=200, alpha=0.01, batch_size=256)
     lines = (tmp_path / "predict.tsv").read_text().splitlines()
-    assert lines[0].split("\t") == ["idx", "label", "predict", "correct", "time", "samples"] and len(lines) == 13
+    assert lines[0].split("\t") == ["idx", "label", "predict", "correct", "time", "samples", "pixel_digest"]
+    assert len(lines) == 13
     assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["abstain_rate"] <= 1
     parallel = certify(
         model,
@@ -175,11 +180,21 @@ def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_pa
         ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "sample_parallel": True}, "splits images over processes"),
         ({"radius": 0.25}, r"\['radius'\] apply to mode 'fixed_radius' only"),
         ({"max_n": 500}, r"\['max_n'\] apply to mode 'adaptive' or 'fixed_radius' only"),
+        ({"alpha": float("nan")}, "`alpha`"),
+        ({"alpha": 1.0}, "`alpha`"),
+        ({"seed": -1}, "`seed`"),
+        ({"batch_size": 0}, "`batch_size` must be a positive int"),
+        ({"mode": "adaptive", "max_n": 500, "tolerance": float("inf")}, "needs `tolerance`"),
+        ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "growth": 1.0}, "`growth`"),
+        ({"skip": 5, "num_shards": 4, "shard_index": 3}, r"no examples to certify: the dataset has 12, and skip=5"),
     ],
 )
-def test_bad_arguments(model, dataset, tmp_path, kwargs, message):
+def test_bad_arguments_are_refused_before_anything_is_written(model, dataset, tmp_path, kwargs, message):
+    folder = tmp_path / "run"
     with pytest.raises(ValueError, match=message):
-        certify(model, dataset, output_dir=tmp_path, **{**SETTINGS, **kwargs})
+        certify(model, dataset, output_dir=folder, **{**SETTINGS, **kwargs})
+    assert not folder.exists()
+    certify(model, dataset, output_dir=folder, max_examples=1, **SETTINGS)  # the corrected command runs there
 
 
 @pytest.mark.parametrize("mode, option", [("fixed_radius", {"radius": 0.05}), ("adaptive", {"tolerance": 0.05})])
@@ -205,13 +220,77 @@ def test_sequential_modes_give_the_smoothers_answers_whatever_the_batch_size(mod
     assert all(10 + 128 <= s <= 710 for s in samples)
 
 
-def test_unlabelled_data_and_labels_outside_the_head_are_errors(model, dataset, tmp_path):
-    unlabelled = [{"pixel_values": item["pixel_values"]} for item in dataset]
+def test_an_empty_dataset_is_refused_before_anything_is_written(model, tmp_path):
+    with pytest.raises(ValueError, match="no examples to certify: the dataset has 0"):
+        certify(model, [], output_dir=tmp_path / "run", **SETTINGS)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_examples_anywhere_in_the_selection_are_refused_before_anything_is_written(model, dataset, tmp_path):
+    unlabelled = [*dataset[:11], {"pixel_values": dataset[11]["pixel_values"]}]
     with pytest.raises(ValueError, match="labelled examples"):
         certify(model, unlabelled, output_dir=tmp_path / "a", **SETTINGS)
-    outside = [{**item, "labels": 12} for item in dataset]
+    outside = [*dataset[:11], {**dataset[11], "labels": 12}]
     with pytest.raises(ValueError, match=r"outside the model's label range \[0, 10\)"):
         certify(model, outside, output_dir=tmp_path / "b", **SETTINGS)
+    bright = [*dataset[:11], {**dataset[11], "pixel_values": dataset[11]["pixel_values"] * 255}]
+    with pytest.raises(ValueError, match=r"dataset example 11: .*\[0, 1\]"):
+        certify(model, bright, output_dir=tmp_path / "c", **SETTINGS)
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_a_random_transform_is_an_error_not_a_wrong_row(model, dataset, tmp_path):
+    class Jittered(FailsAfter):
+        def __getitem__(self, index):
+            item = super().__getitem__(index)
+            return {**item, "pixel_values": (item["pixel_values"] + 0.01 * torch.rand(1)).clamp(0, 1)}
+
+    with pytest.raises(ValueError, match="changed between two reads.*deterministic transform"):
+        certify(model, Jittered(dataset, 100), output_dir=tmp_path, **SETTINGS)
+
+
+def test_resuming_on_another_dataset_of_the_same_size_is_an_error(model, dataset, tmp_path):
+    certify(model, dataset, output_dir=tmp_path, max_examples=6, **SETTINGS)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    other = [{**item, "pixel_values": item["pixel_values"].flip(-1)} for item in dataset]  # same size and labels
+    with pytest.raises(ValueError, match=r"certify.tsv, line 2: the row of example 0 .*not certified on this "
+                                         r"dataset's example 0"):
+        certify(model, other, output_dir=tmp_path, **SETTINGS)
+    relabelled = [{**item, "labels": (item["labels"] + 1) % 10} for item in dataset]
+    with pytest.raises(ValueError, match="the row of example 0 .label 0"):
+        certify(model, relabelled, output_dir=tmp_path, **SETTINGS)
+    with pytest.raises(ValueError, match=r"dataset=\{.*'name': None.*there, \{.*'name': 'embedded:mnist'"):
+        certify(model, dataset, output_dir=tmp_path, dataset_name="embedded:mnist", **SETTINGS)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # untouched
+
+
+def test_a_smaller_selection_than_the_folder_holds_is_an_error(model, dataset, tmp_path):
+    certify(model, dataset, output_dir=tmp_path, max_examples=10, **SETTINGS)
+    with pytest.raises(ValueError, match=r"row for example 4, which this run does not select .*max_examples=4"):
+        certify(model, dataset, output_dir=tmp_path, max_examples=4, **SETTINGS)
+    summary = certify(model, dataset, output_dir=tmp_path, max_examples=10, **SETTINGS)
+    assert summary["num_examples"] == 10 and summary["settings"]["max_examples"] == 10
+
+
+def test_a_row_whose_idx_does_not_match_its_image_is_an_error(model, dataset, reference, tmp_path):
+    with pytest.raises(RuntimeError, match="killed"):
+        certify(model, FailsAfter(dataset, 3), output_dir=tmp_path, **SETTINGS)
+    progress = tmp_path / "progress-0.tsv"
+    lines = progress.read_text().splitlines()
+    lines[2] = "\t".join(["7", *lines[2].split("\t")[1:]])  # the row of example 1 under idx 7
+    progress.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="progress-0.tsv, line 3: the row of example 7"):
+        certify(model, dataset, output_dir=tmp_path, **SETTINGS)
+
+
+def test_merging_shards_into_one_of_them_is_refused(model, dataset, tmp_path):
+    shards = [tmp_path / f"shard-{i}" for i in range(2)]
+    for index, folder in enumerate(shards):
+        certify(model, dataset, output_dir=folder, num_shards=2, shard_index=index, max_examples=4, **SETTINGS)
+    before = (shards[1] / "certify.tsv").read_bytes()
+    with pytest.raises(ValueError, match="is one of the shard folders"):
+        merge_shards(shards, shards[1])
+    assert (shards[1] / "certify.tsv").read_bytes() == before
 
 
 def test_certify_reports_through_the_evaluate_metric(model, dataset, tmp_path):
@@ -237,3 +316,53 @@ def test_a_row_appended_after_a_torn_line_does_not_join_it(model, dataset, refer
     assert [row["idx"] for row in read_rows(progress, ("idx", "label", "predict", "radius"))] == [0, 1, 2, 3]
     certify(model, dataset, output_dir=tmp_path, **SETTINGS)
     assert rows_without_time(tmp_path / "certify.tsv") == reference
+
+
+KILLED_RUN = """
+import os, sys
+os.environ["HF_HUB_OFFLINE"] = "1"
+import torch
+from smoothing_hf import SmoothedImageClassifier
+from smoothing_hf.pipeline import certify
+torch.set_num_threads(1)
+model = SmoothedImageClassifier.from_pretrained(sys.argv[1], sigma=0.5)
+generator = torch.Generator().manual_seed(0)
+dataset = [{"pixel_values": torch.rand(1, 28, 28, generator=generator), "labels": i % 10} for i in range(12)]
+print("certifying", flush=True)
+certify(model, dataset, output_dir=sys.argv[2], n0=10, n=20000, alpha=0.01, batch_size=200, seed=3)
+"""
+
+
+def test_runs_killed_at_random_points_resume_to_the_uninterrupted_rows(model, dataset, tiny_vit_gray_dir, tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = dict(n0=10, n=20000, alpha=0.01, batch_size=200, seed=3)
+    certify(model, dataset, output_dir=tmp_path / "reference", **settings)
+    reference = rows_without_time(tmp_path / "reference" / "certify.tsv")
+    folder, chooser, kills = tmp_path / "killed", random.Random(0), 0
+    for _ in range(5):  # kill -9 after a random delay; after a kill, sometimes tear the last row as a torn write does
+        child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, tiny_vit_gray_dir, str(folder)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert child.stdout.readline().strip() == "certifying"
+        time.sleep(chooser.uniform(0.2, 2.0))
+        if child.poll() is not None:
+            break
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        kills += 1
+        progress = folder / "progress-0.tsv"
+        if progress.exists() and chooser.random() < 0.5:
+            data = progress.read_bytes()
+            start = data.rfind(b"\n", 0, len(data) - 1) + 1  # the last line's first byte
+            if start > data.find(b"\n") + 1:  # a row, not the header
+                progress.write_bytes(data[: chooser.randrange(start + 1, len(data))])  # cut inside the row
+    subprocess.run([sys.executable, "-c", KILLED_RUN, tiny_vit_gray_dir, str(folder)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert kills >= 3
+    rows = rows_without_time(folder / "certify.tsv")
+    assert rows == reference  # nothing missing, nothing repeated, each idx with its own label and image
+    assert [row["label"] for row in rows] == [item["labels"] for item in dataset]
