@@ -3,12 +3,14 @@ the `python -m smoothing_hf.report` command line on our folders and other tools'
 
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
 
 import evaluate
 import pytest
+import torch
 
 from smoothing_hf.files import read_rows, write_rows
 from smoothing_hf.report import main as report_main
@@ -21,7 +23,10 @@ from smoothing_hf.reporting import (
     curve_styles,
     format_summary,
     plot_certified_accuracy,
+    read_checked_rows,
+    read_run,
     summarize,
+    write_report,
 )
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -358,3 +363,116 @@ def test_a_malformed_line_before_the_last_is_an_error_naming_file_and_line(tmp_p
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         read_rows(path)
+
+
+# ---------------------------------------------------------------------------------------------- contradictory rows
+# The report refuses a row that contradicts itself or another, naming file and line (the header is line 1).
+
+
+def line(idx, label, predict, radius, correct, time="1.0"):
+    """One line of a certify.tsv with Cohen's columns."""
+    return f"{idx}\t{label}\t{predict}\t{radius}\t{correct}\t{time}\n"
+
+
+GOOD = [line(0, 3, 3, 0.5, 1), line(1, 2, -1, 0.0, 0)]  # lines 2 and 3: a certified row and an abstention
+
+
+def certify_folder(folder, lines, settings=None):
+    """A run folder whose certify.tsv holds ``HEADER`` and ``lines``, with a summary.json where ``settings``."""
+    os.makedirs(folder)
+    (folder / "certify.tsv").write_text(HEADER + "".join(lines))
+    if settings is not None:
+        (folder / "summary.json").write_text(json.dumps({"settings": settings}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (line(0, 1, 1, 0.2, 1), r"idx 0 repeats the example of line 2"),
+        (line(2, 4, 7, 0.2, 1), r"correct = 1 but predict = 7 is not label = 4"),
+        (line(2, 4, 4, 0.2, 0), r"correct = 0 but predict = label = 4"),
+        (line(2, 4, -1, 0.3, 0), r"an abstention \(predict = -1\) has radius 0\.0, got radius 0\.3"),
+        (line(2, 4, -1, 0.0, 1), r"an abstention \(predict = -1\) is never correct, got correct = 1"),
+        (line(-1, 4, 4, 0.3, 1), r"idx must be an int >= 0 .*got -1"),
+        (line(2, -1, -1, 0.0, 0), r"label must be an int >= 0 .*got -1"),
+        (line(2, 4, -2, 0.0, 0), r"predict must be an int >= -1 .*got -2"),
+        (line(2, 4, 4, 0.3, 1, time="nan"), r"time must be a finite number of seconds >= 0, got nan"),
+        # read_rows' own checks, reached through the report as well
+        (line(2, 4, 4, "nan", 1), r"radius must be a finite l2 distance >= 0"),
+        (line(2, 4, 4, -0.5, 1), r"radius must be a finite l2 distance >= 0"),
+        (line(2, 4, 4, 0.5, 2), r"correct must be 0 or 1, got '2'"),
+    ],
+)
+def test_the_report_refuses_a_contradictory_row_naming_file_and_line(tmp_path, bad, message):
+    folder = certify_folder(tmp_path / "run", [*GOOD, bad, line(9, 0, 0, 0.1, 1)])
+    expected = re.escape(f"{folder / 'certify.tsv'}, line 4: ") + message
+    with pytest.raises(ValueError, match=expected):
+        compare_runs([folder])
+    with pytest.raises(ValueError, match=expected):
+        write_report([folder], tmp_path / "report")
+    assert not (tmp_path / "report").exists()  # refused before anything is written
+
+
+def test_line_numbers_count_blank_lines_and_the_torn_last_line(tmp_path):
+    lines = [GOOD[0], "\n", GOOD[1], "\n", line(0, 1, 1, 0.2, 1), "5\t1"]  # read_rows skips blank lines
+    (tmp_path / "gaps.tsv").write_text(HEADER + "".join(lines))
+    with pytest.warns(UserWarning, match="line 7: no newline"):
+        with pytest.raises(ValueError, match=r"gaps\.tsv, line 6: idx 0 repeats the example of line 2"):
+            read_checked_rows(tmp_path / "gaps.tsv")
+    (tmp_path / "gaps.tsv").write_text(HEADER + "".join(lines[:4]) + "5\t1\t1\t0.2\t0\t1.0")
+    with pytest.warns(UserWarning, match="line 6: no newline"):
+        assert [row["idx"] for row in read_checked_rows(tmp_path / "gaps.tsv")] == [0, 1]
+
+
+def test_each_modes_columns_are_checked(tmp_path):
+    # fixed_radius: the radius tested where certified, else 0.0 (whether right or wrong)
+    fixed = {"mode": "fixed_radius", "radius": 0.25, "sigma": 0.5}
+    lines = [line(0, 3, 3, 0.25, 1), line(1, 3, 5, 0.0, 0), line(2, 1, 4, 0.25, 0)]
+    run = read_run(certify_folder(tmp_path / "fixed", lines, fixed))
+    assert [row["radius"] for row in run.rows] == [0.25, 0.0, 0.25] and run.sigma == 0.5
+    other = certify_folder(tmp_path / "other", [*lines, line(3, 1, 1, 0.5, 1)], fixed)
+    fixed_message = r"other.certify\.tsv, line 5: a fixed_radius run at radius 0\.25 .*got radius 0\.5"
+    with pytest.raises(ValueError, match=fixed_message):
+        read_run(other)
+    adaptive = certify_folder(tmp_path / "adaptive", [*lines, line(3, 1, 1, 0.5, 1)], {"mode": "adaptive"})
+    assert len(read_run(adaptive).rows) == 4  # any radius >= 0
+    # predict: no radius column; correct, abstentions and samples are still checked
+    predict = tmp_path / "predict.tsv"
+    columns = ("idx", "label", "predict", "correct", "time", "samples")
+    header = "\t".join(columns) + "\n"
+    predict.write_text(header + "0\t3\t3\t1\t0.5\t100\n1\t3\t-1\t0\t0.5\t100\n")
+    assert len(read_checked_rows(predict, columns)) == 2
+    predict.write_text(header + "0\t3\t3\t1\t0.5\t100\n1\t3\t-1\t1\t0.5\t100\n")
+    with pytest.raises(ValueError, match=r"predict\.tsv, line 3: an abstention \(predict = -1\) is never correct"):
+        read_checked_rows(predict, columns)
+    predict.write_text(header + "0\t3\t3\t1\t0.5\t0\n")
+    with pytest.raises(ValueError, match=r"predict\.tsv, line 2: samples must be an int >= 1 .*got 0"):
+        read_checked_rows(predict, columns)
+
+
+def test_the_command_line_refuses_a_contradictory_run_and_writes_no_plot(raw_runs, tmp_path, capsys):
+    bad = certify_folder(tmp_path / "bad", [*GOOD, line(2, 4, 7, 0.2, 1)])
+    message = f"{bad / 'certify.tsv'}, line 4: correct = 1 but predict = 7 is not label = 4"
+    plot = tmp_path / "figures" / "curves.png"
+    assert report_main([raw_runs[1], str(bad), "--plot", str(plot)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not plot.parent.exists()
+    assert f"python -m smoothing_hf.report: error: {message}" in captured.err
+    done = subprocess.run(
+        [sys.executable, "-m", "smoothing_hf.report", raw_runs[1], str(bad)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stdout == "" and message in done.stderr
+
+
+def test_the_pipelines_own_rows_pass_the_checks(tiny_vit_gray_dir, tmp_path):
+    from smoothing_hf import SmoothedImageClassifier
+    from smoothing_hf.pipeline import certify
+
+    model = SmoothedImageClassifier.from_pretrained(tiny_vit_gray_dir, sigma=0.5)
+    generator = torch.Generator().manual_seed(0)
+    dataset = [{"pixel_values": torch.rand(1, 28, 28, generator=generator), "labels": i % 10} for i in range(6)]
+    settings = dict(n0=10, alpha=0.01, batch_size=128, seed=3)
+    certify(model, dataset, output_dir=tmp_path / "certify", n=100, **settings)
+    certify(model, dataset, output_dir=tmp_path / "fixed", mode="fixed_radius", radius=0.05, max_n=300, **settings)
+    assert [row["num_examples"] for row in compare_runs([tmp_path / "certify", tmp_path / "fixed"])] == [6, 6]

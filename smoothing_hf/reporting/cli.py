@@ -14,7 +14,10 @@ Certified accuracy at r (%, Cohen's definition) is the share of rows with correc
 is the mean of radius * correct; radii are l2 distances in [0, 1] pixel space. The best value per column
 is marked (``*`` in Markdown, bold in LaTeX). A TSV holding a header only is a run of 0 examples: its row
 shows n = 0 and dashes. A last line without a newline (a write cut short by a crash) is ignored with a
-warning on stderr; any other malformed line, a missing column or a missing path is an error (exit status 2).
+warning on stderr; any other malformed line, a missing column or a missing path is an error (exit status 2),
+and so is a row that contradicts itself or another, naming file and line: a repeated idx, correct = 1 where
+predict is not the label (or 0 where it is), an abstention (predict = -1) with a radius, a value outside its
+column's range (``smoothing_hf.reporting.validation``). Nothing is printed or plotted then.
 ``--plot FILE`` also writes every curve into one figure (its extension picks the format: .png, .pdf, .svg).
 """
 

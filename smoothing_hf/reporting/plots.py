@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..checks import is_number
-from ..files import atomic_path, read_rows
+from ..files import atomic_path
 from .metrics import certified_accuracy_curve
 from .runs import Run
+from .validation import read_checked_rows
 
 
 def plot_certified_accuracy(
@@ -27,7 +28,8 @@ def plot_certified_accuracy(
     title: str | None = None,
 ) -> None:
     """Plot certified accuracy (y, 0 to 1) against l2 radius (x, [0, 1] pixel space) as exact step curves,
-    one per entry of ``curves`` (legend label -> rows or the path of a ``certify.tsv``), into one figure
+    one per entry of ``curves`` (legend label -> rows or the path of a ``certify.tsv``, read with
+    ``read_checked_rows``), into one figure
     written atomically to ``path``; its extension picks the format (.png; .pdf and .svg work too).
 
     ``max_radius`` ends the x axis (default: the first multiple of 0.25 past the largest radius)."""
@@ -47,7 +49,7 @@ def plot_certified_accuracy(
         raise ValueError("`curves` must map at least one label to rows or a certify.tsv path")
     steps = {
         label: certified_accuracy_curve(
-            read_rows(rows) if isinstance(rows, (str, os.PathLike)) else rows, f"curves[{label!r}]"
+            read_checked_rows(rows) if isinstance(rows, (str, os.PathLike)) else rows, f"curves[{label!r}]"
         )
         for label, rows in curves.items()
     }

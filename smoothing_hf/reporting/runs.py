@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checks import is_number
-from ..files import read_json, read_rows
+from ..files import read_json
 from .metrics import COMPARISON_RADII, check_radii, summarize
+from .validation import read_checked_rows
 
 CERTIFY_TSV = "certify.tsv"
 SUMMARY_JSON = "summary.json"
@@ -22,7 +23,7 @@ SUMMARY_JSON = "summary.json"
 class Run:
     """One certification run: its ``name`` (the table's label), the ``path`` it was given as, the ``tsv`` read,
     its noise level ``sigma`` (l2, [0, 1] pixels; None where unknown: raw TSVs carry none) and its ``rows``
-    (``smoothing_hf.files.read_rows``; empty for a run of 0 examples)."""
+    (``smoothing_hf.reporting.validation.read_checked_rows``; empty for a run of 0 examples)."""
 
     name: str
     path: str
@@ -33,8 +34,13 @@ class Run:
 
 def read_run(path: str | os.PathLike, name: str | None = None) -> Run:
     """The run at ``path``: a certification output folder (its ``certify.tsv``; sigma from its ``summary.json``)
-    or a TSV file with Cohen's columns (``smoothing_hf.files.read_rows``; sigma from a ``summary.json`` beside
-    it only when the file is a ``certify.tsv``). ``name`` defaults to ``run_label(path)``."""
+    or a TSV file with Cohen's columns (sigma from a ``summary.json`` beside it only when the file is a
+    ``certify.tsv``). ``name`` defaults to ``run_label(path)``.
+
+    The rows are ``read_checked_rows``': a malformed line, a value no certification writes (a negative idx, say)
+    or a row that contradicts itself or another (a repeated idx; correct = 1 with predict != label; an
+    abstention with a radius) is a ValueError naming the file and line. Where the ``summary.json`` records a
+    fixed_radius run, every radius must be the one it tested or 0.0."""
     name = run_label(path) if name is None else name
     if os.path.isdir(path):
         tsv = os.path.join(path, CERTIFY_TSV)
@@ -50,12 +56,14 @@ def read_run(path: str | os.PathLike, name: str | None = None) -> Run:
             f"run {name!r}: {os.fspath(path)} does not exist; each path must be a certification output folder "
             "or a TSV file"
         )
-    sigma = None
+    settings: dict = {}
     if os.path.basename(tsv) == CERTIFY_TSV:
-        summary = read_json(os.path.join(os.path.dirname(tsv), SUMMARY_JSON), missing_ok=True)
-        settings = summary.get("settings") if isinstance(summary, dict) else None
-        sigma = settings.get("sigma") if isinstance(settings, dict) and is_number(settings.get("sigma")) else None
-    return Run(name=str(name), path=os.fspath(path), tsv=tsv, sigma=sigma, rows=read_rows(tsv))
+        recorded = read_json(os.path.join(os.path.dirname(tsv), SUMMARY_JSON), missing_ok=True).get("settings")
+        settings = recorded if isinstance(recorded, dict) else {}
+    sigma = settings.get("sigma") if is_number(settings.get("sigma")) else None
+    fixed_radius = settings.get("mode") == "fixed_radius" and is_number(settings.get("radius"))
+    rows = read_checked_rows(tsv, tested_radius=settings["radius"] if fixed_radius else None)
+    return Run(name=str(name), path=os.fspath(path), tsv=tsv, sigma=sigma, rows=rows)
 
 
 def run_label(path: str | os.PathLike) -> str:
