@@ -57,11 +57,15 @@ def main() -> None:
     for option, method in ((settings.surrogate_model, "dncnn-surrogate"), (settings.diffusion_model, "diffusion")):
         if option and method not in methods:
             methods.append(method)
-    pretrained = dict(item.split("=", 1) for item in args.pretrained.split(",") if item)
+    pretrained = [item.split("=", 1) for item in args.pretrained.split(",") if item]
+    if any(len(pair) != 2 or not all(pair) for pair in pretrained):
+        raise ValueError(f"`pretrained` must be comma-separated label=folder pairs, got {args.pretrained!r}")
+    if not all(s.strip().isdecimal() for s in args.seeds.split(",")):
+        raise ValueError(f"`seeds` must be comma-separated non-negative ints such as 0,1,2, got {args.seeds!r}")
     markdown = run_comparison(
         args.base, load_image_dataset(args.dataset_name), settings, args.output_dir, methods=methods,
         seeds=[int(s) for s in args.seeds.split(",")], seeded_methods=args.seeded_methods.split(","),
-        pretrained=pretrained,
+        pretrained=dict(pretrained),
     )
     if PartialState().is_main_process:
         print(markdown)

@@ -19,6 +19,7 @@ from transformers import HfArgumentParser, set_seed
 
 from smoothing_hf import ImageClassificationTransform, SmoothedImageClassifier, check_labels
 from smoothing_hf.analysis.attribution import gradcam_grid
+from smoothing_hf.checks import check_positive_int, check_seed, check_sigma
 from smoothing_hf.data import EvaluationDatasetArguments
 
 
@@ -38,6 +39,13 @@ class GradCamArguments:
     num_images: int = field(default=8, metadata={"help": "Images (rows of the grid)."})
     skip: int = field(default=1, metadata={"help": "Take every skip-th example."})
     seed: int = field(default=0, metadata={"help": "Seed of the noise draw."})
+
+    def __post_init__(self) -> None:  # fail before the data and the models are loaded
+        if self.sigma is not None:
+            check_sigma(self.sigma)
+        check_positive_int(self.num_images, "num_images")
+        check_positive_int(self.skip, "skip")
+        check_seed(self.seed)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ and ``trainer_state.json``. The arguments may also come as one JSON file: ``pyth
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from smoothing_hf import (
     class_names,
     trainable_parameters,
 )
+from smoothing_hf.checks import parse_json_object
 
 
 @dataclass
@@ -59,6 +59,7 @@ def main() -> None:
     else:
         arguments = parser.parse_args_into_dataclasses()
     model_args, data_args, smoothing_args, training_args = arguments
+    method_options = parse_json_object(model_args.method_options, "method_options")  # before the data is loaded
     set_seed(training_args.seed)  # before the model is built: a new head and the adapter start from random weights
 
     dataset = data_args.load()
@@ -66,7 +67,7 @@ def main() -> None:
         model_args.model_name_or_path,
         sigma=model_args.sigma,
         method=model_args.method,
-        method_options=json.loads(model_args.method_options),
+        method_options=method_options,
         new_labels=class_names(dataset) if model_args.new_head else None,
         revision=model_args.model_revision,
     )

@@ -37,7 +37,13 @@ from transformers import (
 )
 
 from smoothing_hf import ImageClassificationTransform, SmoothedImageClassifier, class_names, load_image_dataset
-from smoothing_hf.checks import check_choice, check_optional_positive_int
+from smoothing_hf.checks import (
+    check_choice,
+    check_int,
+    check_number,
+    check_optional_positive_int,
+    check_positive_int,
+)
 from smoothing_hf.trainer import noisy_accuracy_metric
 
 ARCHITECTURES = {
@@ -74,6 +80,11 @@ class BaseArguments:
 
     def __post_init__(self) -> None:
         check_choice(self.model_type, "model_type", ARCHITECTURES)
+        check_positive_int(self.image_size, "image_size")
+        check_positive_int(self.num_channels, "num_channels")
+        check_int(self.max_shift, "max_shift", minimum=0)
+        check_number(self.image_mean, "image_mean")
+        check_number(self.image_std, "image_std", minimum=0, strict_minimum=True)
         check_optional_positive_int(self.max_train_samples, "max_train_samples")
         check_optional_positive_int(self.max_eval_samples, "max_eval_samples")
 

@@ -21,7 +21,6 @@ parameters, the training time, and the Trainer's training metrics when it trains
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from smoothing_hf import (
     trainable_parameters,
 )
 from smoothing_hf.baselines import OBJECTIVES
+from smoothing_hf.checks import parse_json_object
 
 
 @dataclass
@@ -74,12 +74,16 @@ def main() -> None:
         args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
     else:
         args, data_args, training_args = parser.parse_args_into_dataclasses()
+    denoiser_options = parse_json_object(args.denoiser_options, "denoiser_options")  # before the data is loaded
+    if denoiser_options and args.denoiser != "dncnn":
+        raise ValueError(f"`--denoiser_options` are DnCNN's, for --denoiser dncnn only; got {denoiser_options} "
+                         f"with --denoiser {args.denoiser}")
     set_seed(training_args.seed)  # before the denoiser is built: DnCNN starts from random weights
 
     dataset = data_args.load()
     if args.denoiser == "dncnn":
         channels = AutoConfig.from_pretrained(args.model_name_or_path, revision=args.model_revision).num_channels
-        module = DnCNN(num_channels=channels, **json.loads(args.denoiser_options))
+        module = DnCNN(num_channels=channels, **denoiser_options)
     else:
         module = DiffusionDenoiser.from_pretrained(args.diffusion_model, sigma=args.sigma)
     model = SmoothedImageClassifier.from_pretrained(

@@ -8,9 +8,10 @@ every module may use it (the report command included, which must not import torc
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 PIXEL_TOLERANCE = 1e-4
@@ -18,8 +19,8 @@ PIXEL_TOLERANCE = 1e-4
 
 
 def is_number(value: object) -> bool:
-    """Whether ``value`` is a finite real number (bools are not numbers here)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    """Whether ``value`` is a finite real number: not a bool, not NaN or +-inf, not an int too large for a float."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and _is_finite(value)
 
 
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -59,7 +60,8 @@ def check_number(
     unit: str = "",
 ) -> float:
     """``value`` as a float, if it is a finite real number within the bounds (inclusive unless ``strict_*``);
-    ``unit`` (e.g. "l2, pixels in [0, 1]") is added to the message."""
+    ``unit`` (e.g. "l2, pixels in [0, 1]") is added to the message. NaN and +-inf are refused (``ValueError``)
+    whatever the bounds: no argument checked here has a meaning at infinity."""
     if minimum is not None and maximum is not None:
         interval = f"{'(' if strict_minimum else '['}{minimum:g}, {maximum:g}{')' if strict_maximum else ']'}"
         allowed = f"in {interval}"
@@ -74,8 +76,9 @@ def check_number(
     allowed += f" ({unit})" if unit else ""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be {allowed}, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be {allowed}, got {value}")
+    if not _is_finite(value):
+        shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:12]}... (beyond the float range)"
+        raise ValueError(f"`{name}` must be {allowed}, got {shown}")
     if minimum is not None and (value < minimum or (strict_minimum and value == minimum)):
         raise ValueError(f"`{name}` must be {allowed}, got {value}")
     if maximum is not None and (value > maximum or (strict_maximum and value == maximum)):
@@ -108,6 +111,37 @@ def check_pixel_range(low: float, high: float, name: str) -> None:
             f"`{name}` must hold un-normalized pixels in [0, 1], got values in [{low:.4g}, {high:.4g}] (normalization "
             "is the model's first step; do not pass normalized or 0-255 images, nor NaN)"
         )
+
+
+def parse_json_object(text: Any, name: str) -> dict[str, Any]:
+    """The JSON object that ``text`` (a command-line option such as ``--method_options '{"r": 16}'``) holds, as
+    a dict. A dict is taken as it is: in a JSON file of arguments the option may be written as an object."""
+    allowed = "the text of a JSON object, such as '{\"name\": value}' ('{}' for none)"
+    if isinstance(text, Mapping):
+        return dict(text)
+    if not isinstance(text, str):
+        raise TypeError(f"`{name}` must be {allowed}, got {type(text).__name__} {text!r}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"`{name}` must be {allowed}, got {text!r}, which is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"`{name}` must be {allowed}, got {text!r}, which is {_json_kind(value)}")
+    return value
+
+
+def _is_finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "JSON null"
+    kinds = ((bool, "a JSON boolean"), (list, "a JSON array"), (str, "a JSON string"))
+    return next((kind for python_type, kind in kinds if isinstance(value, python_type)), "a JSON number")
 
 
 def _range_text(kind: str, minimum: int | None, maximum: int | None) -> str:

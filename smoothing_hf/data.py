@@ -14,7 +14,7 @@ import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import datasets
 import pyarrow as pa
@@ -22,11 +22,8 @@ import pyarrow.compute as pc
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .checks import check_choice
+from .checks import check_number, check_seed
 from .embedded import EMBEDDED_DATASETS, EMBEDDED_LOADERS, stratified_split
-
-if TYPE_CHECKING:
-    pass
 
 IMAGE_COLUMN_NAMES = ("image", "img", "pixel_values", "images", "picture")
 """Names preferred, in this order, when a dataset has several ``datasets.Image`` columns."""
@@ -90,20 +87,29 @@ class EvaluationDatasetArguments(DatasetArguments):
     split: str = field(default="validation", metadata={"help": f"Split to evaluate: {' or '.join(EVALUATION_SPLITS)}."})
 
     def __post_init__(self) -> None:
-        check_choice(self.split, "split", EVALUATION_SPLITS)
+        self._check_split()
 
     def load_split(self) -> Dataset:
         """The ``split`` of ``load()``, or the whole ``validation_dir`` when it is the only source.
 
         Raises:
-            ValueError: as ``load_image_dataset`` (no source, two sources, ...).
+            ValueError: a ``split`` other than "validation" or "train" (checked again here: the field may
+                have been set after construction), or as ``load_image_dataset`` (no source, two sources, ...).
         """
+        self._check_split()
         if self.validation_dir is not None and self.train_dir is None and self.dataset_name is None:
             return load_image_dataset(
                 dataset_config_name=self.dataset_config_name, train_dir=self.validation_dir,
                 validation_dir=self.validation_dir, image_column=self.image_column, label_column=self.label_column,
             )[self.split]
         return self.load()[self.split]
+
+    def _check_split(self) -> None:
+        if self.split not in EVALUATION_SPLITS:
+            raise ValueError(
+                f"`split` must be one of {list(EVALUATION_SPLITS)}, got {self.split!r}: every dataset is loaded as "
+                "these two splits (a Hub dataset's 'validation' split, or else its 'test' split, is 'validation')"
+            )
 
 
 def load_image_dataset(
@@ -148,10 +154,12 @@ def load_image_dataset(
 
     Raises:
         ValueError: no source or two sources, an unknown embedded name, a dataset without an image or a
-            label column, no "train" split, or ``validation_fraction`` outside (0, 1).
+            label column, no "train" split, a split without examples (or a "train" split too small to hold
+            a validation set out of), or ``validation_fraction`` outside (0, 1).
     """
-    if isinstance(validation_fraction, bool) or not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"`validation_fraction` must be in (0, 1), got {validation_fraction!r}")
+    check_number(validation_fraction, "validation_fraction", minimum=0, maximum=1, strict_minimum=True,
+                 strict_maximum=True)
+    seed = check_seed(seed)
     hub_kwargs = {key: value for key, value in hub_kwargs.items() if value is not None}
     if (dataset_name is None) == (train_dir is None):
         raise ValueError(_SOURCES_HELP.format(embedded=list(EMBEDDED_DATASETS)))
@@ -182,13 +190,20 @@ def load_image_dataset(
         raise ValueError(f"{source} loaded as a {type(loaded).__name__}; streaming datasets are not supported")
     if "train" not in loaded:
         raise ValueError(f"{source} has no 'train' split, only {list(loaded)}")
-    validation = next((loaded[name] for name in ("validation", "test") if name in loaded), None)
+    validation_name = next((name for name in ("validation", "test") if name in loaded), None)
+    for name in ("train", validation_name):
+        if name is not None and len(loaded[name]) == 0:
+            raise ValueError(f"{source} has no examples in its {name!r} split: training and evaluation need some")
+    validation = None if validation_name is None else loaded[validation_name]
     splits = DatasetDict(train=loaded["train"])
     if validation is not None:
         splits["validation"] = validation
     splits = prepare_columns(splits, image_column=image_column, label_column=label_column)
     if validation is None:
-        train, held_out = stratified_split(_labels(splits["train"], "label").to_numpy(), validation_fraction, seed)
+        try:
+            train, held_out = stratified_split(_labels(splits["train"], "label").to_numpy(), validation_fraction, seed)
+        except ValueError as error:  # too few examples
+            raise ValueError(f"{source} has no validation split to evaluate on, and {error}") from None
         splits = DatasetDict(train=splits["train"].select(train), validation=splits["train"].select(held_out))
     return splits
 

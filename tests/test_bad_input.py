@@ -1,9 +1,13 @@
 """DESIGN.md contract 5: bad input raises a clear error naming the argument and what is allowed."""
 
+import re
+
 import pytest
 import torch
 
 from smoothing_hf import SmoothedImageClassifier, Smoother, SmoothingConfig
+from smoothing_hf.certification import largest_certifiable_radius
+from smoothing_hf.checks import check_number, is_number, parse_json_object
 
 
 @pytest.fixture
@@ -26,6 +30,13 @@ GOOD = dict(n0=10, n=100, alpha=0.01, batch_size=32)
         ({"batch_size": 0}, ValueError, "`batch_size` must be a positive int"),
         ({"seed": -1}, ValueError, "`seed` must be a non-negative int"),
         ({"seed": [1, 2]}, ValueError, "one int per image"),
+        ({"tolerance": float("inf")}, ValueError, r"`tolerance` must be a positive finite number \(a radius"),
+        ({"tolerance": float("nan")}, ValueError, "`tolerance` must be a positive finite number"),
+        ({"tolerance": "0.1"}, TypeError, "`tolerance` must be"),
+        # growth only shapes adaptive rounds, but a nonsensical one is refused without a tolerance too
+        ({"growth": float("inf")}, ValueError, "`growth` must be a finite number > 1, got inf"),
+        ({"growth": float("nan")}, ValueError, "`growth` must be a finite number > 1, got nan"),
+        ({"growth": 1.0}, ValueError, "`growth` must be a finite number > 1"),
     ],
 )
 def test_bad_certify_arguments(smoother, linear_boundary, changes, error, message):
@@ -43,7 +54,9 @@ def test_bad_certify_arguments(smoother, linear_boundary, changes, error, messag
         (torch.rand(1, 4, 4) - 0.5, ValueError, r"pixels in \[0, 1\]"),
         (torch.full((1, 4, 4), float("nan")), ValueError, "NaN"),
         (torch.randint(0, 255, (1, 4, 4)), TypeError, "float tensor"),
-        (torch.rand(0, 1, 4, 4), ValueError, "at least one image"),
+        (torch.rand(0, 1, 4, 4), ValueError, r"at least one image, got an empty batch of shape \(0, 1, 4, 4\)"),
+        (torch.rand(1, 1, 0, 28), ValueError, r"height and width >= 1 .*got shape \(1, 1, 0, 28\)"),
+        (torch.rand(1, 4, 0), ValueError, r"height and width >= 1 .*got shape \(1, 4, 0\)"),
         ([[0.5]], TypeError, "torch.Tensor"),
     ],
 )
@@ -52,6 +65,66 @@ def test_bad_images(smoother, image, error, message):
         smoother.certify(image, **GOOD)
     with pytest.raises(error, match=message):
         smoother.predict(image, n=100, alpha=0.01, batch_size=32)
+
+
+def test_empty_dimensions_are_refused_naming_the_shape_without_a_channel_count():
+    smoother = Smoother(lambda x: torch.zeros(len(x), 2), num_classes=2, sigma=0.25)  # any number of channels
+    for shape in [(1, 0, 4, 4), (0, 4, 4), (2, 3, 5, 0)]:
+        with pytest.raises(ValueError, match=re.escape(f"got shape {shape}")):
+            smoother.certify(torch.rand(shape), **GOOD)
+        with pytest.raises(ValueError, match=re.escape(f"got shape {shape}")):
+            smoother.certify_at_radius(torch.rand(shape), 0.1, n0=10, max_n=100, alpha=0.01, batch_size=32)
+
+
+@pytest.mark.parametrize(
+    "radius, error, message",
+    [("eight", TypeError, "`radius` must be a finite number >= 0 .*got str 'eight'"),
+     (None, TypeError, "`radius` must be"), (float("inf"), ValueError, "`radius` must be a finite number >= 0"),
+     (float("nan"), ValueError, "`radius` must be a finite number >= 0"), (-0.5, ValueError, "`radius` must be")],
+)
+def test_bad_radius_to_certify_at_radius(smoother, linear_boundary, radius, error, message):
+    with pytest.raises(error, match=message):
+        smoother.certify_at_radius(linear_boundary.image_at(0.3), radius, n0=10, max_n=100, alpha=0.01, batch_size=32)
+
+
+def test_number_checks_refuse_nan_infinity_and_ints_beyond_floats():
+    for value in (float("nan"), float("inf"), -float("inf"), 10**400, True, "1"):
+        assert not is_number(value)
+    assert is_number(3) and is_number(-2.5) and is_number(10**300)
+    for value in (float("nan"), float("inf"), 10**400):
+        with pytest.raises(ValueError, match="`x` must be a finite number"):
+            check_number(value, "x")
+    with pytest.raises(ValueError, match=r"`x` must be in \[0, 1\], got inf"):
+        check_number(float("inf"), "x", minimum=0, maximum=1)
+
+
+@pytest.mark.parametrize(
+    "arguments, error, message",
+    [((0, 0.001, 0.25), ValueError, "`n` must be a positive int"), ((100, 1.5, 0.25), ValueError, "`alpha` must be"),
+     ((100, 0.001, float("inf")), ValueError, "`sigma` must be a positive finite number"),
+     ((100.0, 0.001, 0.25), TypeError, "`n` must be")],
+)
+def test_bad_largest_certifiable_radius_arguments(arguments, error, message):
+    with pytest.raises(error, match=message):
+        largest_certifiable_radius(*arguments)
+
+
+@pytest.mark.parametrize(
+    "text, error, message",
+    [('{"r": 16', ValueError, r"`method_options` must be the text of a JSON object.*got '\{\"r\": 16', which is not "
+      r"JSON: Expecting ',' delimiter"),
+     ("[1, 2]", ValueError, r"`method_options` must be .*got '\[1, 2\]', which is a JSON array"),
+     ("null", ValueError, "which is JSON null"), ('"r"', ValueError, "which is a JSON string"),
+     ("16", ValueError, "which is a JSON number"), (16, TypeError, "`method_options` must be .*got int 16")],
+)
+def test_bad_json_options(text, error, message):
+    with pytest.raises(error, match=message):
+        parse_json_object(text, "method_options")
+
+
+def test_json_options_as_text_or_as_an_object_from_a_json_file_of_arguments():
+    assert parse_json_object('{"r": 16, "deep": true}', "method_options") == {"r": 16, "deep": True}
+    assert parse_json_object({"r": 16}, "method_options") == {"r": 16} and parse_json_object("{}", "x") == {}
 
 
 def test_pixels_within_rounding_of_the_unit_interval_are_accepted(smoother):

@@ -244,3 +244,40 @@ def test_check_labels_reads_labels_without_running_the_transform(digits):
         check_labels(data, num_labels=5)
     with pytest.raises(ValueError, match=r"lie in \[-1, 1\]"):
         check_labels(Dataset.from_dict({"label": [0, 1, -1]}), num_labels=2)
+
+
+def test_a_split_other_than_validation_or_train_is_refused_naming_the_allowed_ones():
+    from smoothing_hf.data import EvaluationDatasetArguments
+
+    with pytest.raises(ValueError, match=r"`split` must be one of \['validation', 'train'\], got 'test'.*'test' split"):
+        EvaluationDatasetArguments(dataset_name="embedded:digits", split="test")
+    arguments = EvaluationDatasetArguments(dataset_name="embedded:digits")
+    arguments.split = "test"  # set after construction: load_split used to raise a bare KeyError
+    with pytest.raises(ValueError, match="`split` must be one of"):
+        arguments.load_split()
+
+
+def test_a_dataset_without_examples_is_an_error_naming_it(monkeypatch):
+    import datasets
+
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    empty = Dataset.from_dict({"image": [], "label": []}, features=features)
+    full = Dataset.from_dict({"image": [PILImage.new("L", (4, 4))] * 2, "label": [0, 1]}, features=features)
+    for splits, name in [({"train": empty}, "train"), ({"train": full, "test": empty}, "test")]:
+        monkeypatch.setattr(datasets, "load_dataset", lambda *args, splits=splits, **kwargs: DatasetDict(splits))
+        with pytest.raises(ValueError, match=f"dataset 'some/dataset' has no examples in its '{name}' split"):
+            load_image_dataset("some/dataset")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: DatasetDict(train=full.select([0])))
+    with pytest.raises(ValueError, match="'some/dataset' has no validation split .*cannot hold out 0.2 of 1 example"):
+        load_image_dataset("some/dataset")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [({"validation_fraction": float("nan")}, ValueError, r"`validation_fraction` must be in \(0, 1\), got nan"),
+     ({"validation_fraction": "0.2"}, TypeError, "`validation_fraction` must be in"),
+     ({"seed": -1}, ValueError, "`seed` must be a non-negative int")],
+)
+def test_bad_split_settings(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        load_image_dataset("embedded:digits", **kwargs)

@@ -167,3 +167,57 @@ def test_certify_takes_an_image_folder_given_as_validation_dir_alone(tiny_vit_gr
                 "--output_dir", tmp_path / "certify")
     rows = read_rows(tmp_path / "certify" / "certify.tsv")
     assert [row["label"] for row in rows] == [0, 0, 1, 1]  # the whole folder, not a held-out part of it
+
+
+@pytest.mark.parametrize(
+    "script, option, text, message",
+    [("train.py", "--method_options", '{"r": 16', r"`method_options` must be .*got '\{\"r\": 16', which is not JSON"),
+     ("train.py", "--method_options", "[1, 2]", r"`method_options` must be .*got '\[1, 2\]', which is a JSON array"),
+     ("train_denoiser.py", "--denoiser_options", "{depth: 6}", "`denoiser_options` must be .*which is not JSON"),
+     ("train_denoiser.py", "--denoiser_options", "6", "`denoiser_options` must be .*which is a JSON number")],
+)
+def test_bad_json_options_are_refused_naming_the_option_before_anything_is_loaded(script, option, text, message,
+                                                                                 tmp_path):
+    # json.loads' bare JSONDecodeError named neither the option nor the text; a JSON array reached the method.
+    with pytest.raises(ValueError, match=message):
+        run_example(script, "--model_name_or_path", tmp_path / "no-model-needed", "--dataset_name", "embedded:digits",
+                    option, text, "--output_dir", tmp_path / "out", *QUIET)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "script, arguments, message",
+    [("gradcam.py", ["--model_name_or_path", "m", "--output", "g.png", "--num_images", 0], "`num_images` must be"),
+     ("gradcam.py", ["--model_name_or_path", "m", "--output", "g.png", "--skip", 0], "`skip` must be"),
+     ("compare.py", ["--base", "m", "--output_dir", "out", "--sigma", 0.25, "--seeds", "0,one"], "`seeds` must be"),
+     ("compare.py", ["--base", "m", "--output_dir", "out", "--sigma", 0.25, "--pretrained", "runs/a"],
+      "`pretrained` must be comma-separated label=folder pairs"),
+     ("train_base.py", ["--output_dir", "out", "--image_std", 0], "`image_std` must be a positive finite number"),
+     ("train_denoiser.py", ["--model_name_or_path", "m", "--dataset_name", "embedded:digits", "--output_dir", "out",
+                            "--denoiser", "diffusion", "--diffusion_model", "d", "--denoiser_options", '{"depth": 6}'],
+      "`--denoiser_options` are DnCNN's, for --denoiser dncnn only")],
+)
+def test_example_arguments_are_checked_before_anything_is_loaded(script, arguments, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        run_example(script, *arguments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_then_certify_with_the_same_seed_gives_the_same_adapter_and_certificates(tiny_vit_gray_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    for run in ("first", "second"):
+        run_example("train.py", "--model_name_or_path", tiny_vit_gray_dir, "--dataset_name", "embedded:digits",
+                    "--method", "lora", "--sigma", 0.25, "--output_dir", tmp_path / run, "--seed", 5, "--max_steps", 2,
+                    "--per_device_train_batch_size", 8, *QUIET)
+        run_example("certify.py", "--model_name_or_path", tmp_path / run, "--dataset_name", "embedded:digits",
+                    "--n0", 8, "--n", 32, "--alpha", 0.1, "--batch_size", 64, "--max_examples", 4, "--skip", 11,
+                    "--output_dir", tmp_path / run / "certify")
+    weights = sorted(path.name for path in (tmp_path / "first").glob("*.safetensors"))
+    assert weights and weights == sorted(path.name for path in (tmp_path / "second").glob("*.safetensors"))
+    for name in weights:
+        first, second = (load_file(tmp_path / run / name) for run in ("first", "second"))
+        assert first.keys() == second.keys() and all(first[key].equal(second[key]) for key in first)
+    first, second = (read_rows(tmp_path / run / "certify" / "certify.tsv") for run in ("first", "second"))
+    assert len(first) == 4 and [{**row, "time": None} for row in first] == [{**row, "time": None} for row in second]

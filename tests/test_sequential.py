@@ -147,9 +147,13 @@ def test_sequential_bad_input(linear_boundary):
         smoother.certify_at_radius(image, -0.1, n0=10, max_n=100, alpha=0.01, batch_size=10)
     with pytest.raises(ValueError, match="`max_n` must be >= n0"):
         smoother.certify_at_radius(image, 0.1, n0=100, max_n=50, alpha=0.01, batch_size=10)
-    with pytest.raises(ValueError, match="`growth` must be"):
-        smoother.certify_at_radius(image, 0.1, n0=10, max_n=100, alpha=0.01, batch_size=10, growth=1.0)
-    for tolerance in (0.0, -1.0):
+    for growth in (1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="`growth` must be a finite number > 1"):
+            smoother.certify_at_radius(image, 0.1, n0=10, max_n=100, alpha=0.01, batch_size=10, growth=growth)
+    for radius in (float("inf"), float("nan")):  # no finite sample certifies an infinite radius
+        with pytest.raises(ValueError, match="`radius` must be a finite number >= 0"):
+            smoother.certify_at_radius(image, radius, n0=10, max_n=100, alpha=0.01, batch_size=10)
+    for tolerance in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="`tolerance` must be"):
             smoother.certify(image, n0=10, n=100, alpha=0.01, batch_size=10, tolerance=tolerance)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import beta, norm
 
+from ..checks import check_alpha, check_positive_int, check_sigma
+
 
 def clopper_pearson_lower(successes: np.ndarray, trials: int | np.ndarray, alpha: float) -> np.ndarray:
     """One-sided (1 - alpha) Clopper-Pearson lower confidence bound of a binomial proportion.
@@ -48,6 +50,7 @@ def radius_from_bound(pa_lower: np.ndarray, sigma: float) -> np.ndarray:
 def largest_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
     """The largest radius CERTIFY can give with ``n`` estimation samples at ``alpha``: all n on the top class
     give pA_lower = alpha^(1/n), so the radius is sigma * Phi^-1(alpha^(1/n)) (l2, [0, 1] pixel units)."""
+    n, alpha, sigma = check_positive_int(n, "n"), check_alpha(alpha), check_sigma(sigma)
     return float(radius_from_bound(clopper_pearson_lower(n, n, alpha), sigma))
 
 

@@ -137,22 +137,23 @@ class Smoother:
             alpha: error probability, in (0, 1).
             batch_size: noisy samples per forward pass; images are packed together when n0 or n is smaller.
             seed: noise seed, as in ``predict``.
-            tolerance: None (the default) for Cohen's fixed n. A radius > 0 (l2, [0, 1] pixels) makes the
+            tolerance: None (the default) for Cohen's fixed n. A finite radius > 0 (l2, [0, 1] pixels) makes the
                 sampling adaptive with ``n`` as its budget: estimation draws come in rounds growing
                 ``growth``-fold (128, 512, ... up to n), the error budget alpha split evenly over them,
                 and an image stops once the next round would raise its radius by less than ``tolerance``
                 (``sequential.certify_adaptive``). The (1 - alpha) guarantee is the same;
                 ``Certificate.samples`` counts the draws made.
-            growth: factor between consecutive round sizes in adaptive sampling (> 1).
+            growth: factor between consecutive round sizes in adaptive sampling (finite, > 1).
 
         Returns:
             A ``Certificate`` for one image; a list of them for a batch.
         """
         n0, n = check_positive_int(n0, "n0"), check_positive_int(n, "n")
         alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
+        growth = check_number(growth, "growth", minimum=1, strict_minimum=True)  # checked even where unused
         if tolerance is not None:
             tolerance = check_number(
-                tolerance, "tolerance", minimum=0, strict_minimum=True, unit="l2, pixels in [0, 1]"
+                tolerance, "tolerance", minimum=0, strict_minimum=True, unit="a radius: l2, pixels in [0, 1]"
             )
         images, seeds, single = self._prepare(x, seed)
         if tolerance is not None:
@@ -205,13 +206,13 @@ class Smoother:
 
         Args:
             x: one image [C, H, W] or a batch [B, C, H, W], pixels in [0, 1].
-            radius: l2 radius in [0, 1] pixel units, >= 0.
+            radius: l2 radius in [0, 1] pixel units, finite and >= 0 (no finite sample certifies infinity).
             n0: selection samples per image.
             max_n: most estimation samples per image (>= n0).
             alpha: error probability, in (0, 1).
             batch_size: noisy samples per forward pass.
             seed: noise seed, as in ``predict``; the draws are those ``certify`` makes with ``n = max_n``.
-            growth: factor between consecutive round sizes (> 1).
+            growth: factor between consecutive round sizes (finite, > 1).
 
         Returns:
             A ``RadiusDecision`` for one image; a list of them for a batch.
@@ -334,8 +335,10 @@ class Smoother:
         return images.to(device=self._device(images), dtype=torch.float32), seeds, single
 
     def check_images(self, x: torch.Tensor) -> torch.Tensor:
-        """Check that ``x`` is one image [C, H, W] or a batch [B, C, H, W] of finite pixels in [0, 1];
-        return it as a float [B, C, H, W] batch."""
+        """Check that ``x`` is one image [C, H, W] or a batch [B, C, H, W] of finite pixels in [0, 1], with
+        C, H and W >= 1; return it as a float [B, C, H, W] batch. An empty batch (B = 0) is an error, as in
+        the dataset pipeline: there is nothing to certify, and an empty answer would hide a selection gone
+        wrong."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"`x` must be a torch.Tensor of pixels in [0, 1], got {type(x).__name__}")
         if x.dim() not in (3, 4):
@@ -344,7 +347,11 @@ class Smoother:
             raise TypeError(f"`x` must be a float tensor of pixels in [0, 1], got dtype {x.dtype}")
         images = x.unsqueeze(0) if x.dim() == 3 else x
         if len(images) == 0:
-            raise ValueError("`x` must hold at least one image, got an empty batch")
+            raise ValueError(f"`x` must hold at least one image, got an empty batch of shape {tuple(x.shape)}")
+        if images.numel() == 0:
+            raise ValueError(
+                f"`x` must have channels, height and width >= 1 ([C, H, W] or [B, C, H, W]), got shape {tuple(x.shape)}"
+            )
         if self.num_channels is not None and images.shape[1] != self.num_channels:
             raise ValueError(
                 f"`x` must have {self.num_channels} channels (shape [B, {self.num_channels}, H, W]), got shape "
