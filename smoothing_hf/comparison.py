@@ -26,6 +26,7 @@ from accelerate import PartialState
 from transformers import AutoConfig, TrainingArguments, set_seed
 
 from .baselines import DenoiserTrainer, DiffusionDenoiser, DnCNN
+from .checks import parse_json_object
 from .data import check_labels
 from .files import read_json, write_json
 from .methods import METHODS, Trains, trainable_parameters
@@ -132,6 +133,9 @@ class ComparisonSettings:
     certify_batch_size: int = field(default=128, metadata={"help": "Noisy samples per forward pass when certifying."})
     certify_seed: int = field(default=0, metadata={"help": "Noise seed of certification (the same for every run)."})
 
+    def __post_init__(self) -> None:  # a typo in the JSON fails before any training
+        parse_json_object(self.dncnn_options, "dncnn_options")
+
 
 def second_model(name: str, settings: ComparisonSettings) -> str:
     """The second model the row ``name`` needs (its ``second_model`` setting), or a ValueError naming the
@@ -150,7 +154,7 @@ def build_model(method: str, base: str, settings: ComparisonSettings) -> Smoothe
     if row.second_model is not None:
         second_model(method, settings)  # a missing one fails before any training
     if row.denoiser == "dncnn":
-        options = json.loads(settings.dncnn_options)
+        options = parse_json_object(settings.dncnn_options, "dncnn_options")
         denoiser = DnCNN(num_channels=AutoConfig.from_pretrained(base).num_channels, **options)
         return SmoothedImageClassifier.from_pretrained(base, sigma=sigma, input_module=denoiser)
     if row.denoiser == "diffusion":

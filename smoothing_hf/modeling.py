@@ -211,9 +211,10 @@ class SmoothedImageClassifier(torch.nn.Module):
         clipped). Returns an ``ImageClassifierOutput``: the logits [B, num_labels] transformers predicts with
         (for a distilled two-head model, the mean of its heads), and, when ``labels`` [B] are given, their
         cross-entropy as the loss, for every base model alike (distilled ones return none of their own)."""
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.num_channels:
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.num_channels or 0 in pixel_values.shape:
             raise ValueError(
-                f"`pixel_values` must have shape [B, {self.num_channels}, H, W], got {tuple(pixel_values.shape)}"
+                f"`pixel_values` must have shape [B, {self.num_channels}, H, W] with B, H, W >= 1, got "
+                f"{tuple(pixel_values.shape)}"
             )
         if self.input_module is not None:
             shape = pixel_values.shape

@@ -169,6 +169,9 @@ def test_bad_model_arguments(tiny_vit_dir):
     model = SmoothedImageClassifier.from_pretrained(tiny_vit_dir, sigma=0.25)
     with pytest.raises(ValueError, match=r"`pixel_values` must have shape \[B, 3, H, W\]"):
         model(torch.rand(2, 1, 28, 28))
+    for empty in ((1, 3, 0, 28), (0, 3, 28, 28)):  # an empty image or batch, not an error deep inside the model
+        with pytest.raises(ValueError, match=r"with B, H, W >= 1, got \(" + str(empty[0])):
+            model(torch.rand(*empty))
     with pytest.raises(ValueError, match="3 channels"):
         model.certify(torch.rand(1, 28, 28), **GOOD)
     with pytest.raises(TypeError, match="`model`"):

@@ -207,3 +207,10 @@ def test_a_method_trained_twice_with_one_seed_gives_the_same_weights(tiny_vit_gr
         run_comparison(tiny_vit_gray_dir, dataset, settings, tmp_path / run, methods=["lora"], seeds=[5])
     first, second = ((tmp_path / run / "lora" / "adapter_model.safetensors").read_bytes() for run in ("a", "b"))
     assert first == second
+
+
+def test_bad_dncnn_options_fail_when_the_settings_are_made():
+    with pytest.raises(ValueError, match="`dncnn_options`"):
+        ComparisonSettings(sigma=0.25, dncnn_options="{depth: 6}")
+    with pytest.raises(ValueError, match="`dncnn_options`"):
+        ComparisonSettings(sigma=0.25, dncnn_options="[6, 16]")
