@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import reprlib
 from dataclasses import dataclass, field
 
 from .checks import check_sigma, is_number
@@ -112,7 +113,7 @@ class SmoothingConfig:
         if min(self.image_std) <= 0:
             raise ValueError(f"`image_std` must be positive, got {self.image_std}")
         if self.id2label is not None:
-            self.id2label = {str(key): str(value) for key, value in self.id2label.items()}
+            self.id2label = check_id2label(self.id2label)
         if self.input_module is not None:
             self.input_module = check_input_module_record(self.input_module)
         if not isinstance(self.merged, bool):
@@ -157,6 +158,28 @@ def _check_keys(values: object, name: str, allowed: dict[str, str]) -> dict:
     if unknown:
         raise ValueError(f"unknown `{name}` keys {unknown}; allowed: {sorted(allowed)}")
     return values
+
+
+def check_id2label(values: object) -> dict[str, str]:
+    """``id2label`` as ``{"0": name, ..., "K-1": name}``: a dict from class index (an int or a string of digits)
+    to class name (a string), holding each index 0..K-1 once, K >= 1."""
+    allowed = "a dict from class index (int or digit string) to class name (str), with indices 0..K-1 each once"
+    if not isinstance(values, dict):
+        raise TypeError(f"`id2label` must be {allowed}, got {type(values).__name__} {reprlib.repr(values)}")
+    if not values:
+        raise ValueError(f"`id2label` must be {allowed}, K >= 1, got an empty dict")
+    indices: dict[int, str] = {}
+    for key, name in values.items():
+        digits = isinstance(key, str) and key.isascii() and key.isdigit()
+        if not (digits or (isinstance(key, int) and not isinstance(key, bool))) or not isinstance(name, str):
+            raise ValueError(f"`id2label` must be {allowed}, got {key!r}: {name!r}")
+        if int(key) in indices:
+            raise ValueError(f"`id2label` must be {allowed}, got index {int(key)} twice ({key!r})")
+        indices[int(key)] = name
+    if sorted(indices) != list(range(len(indices))):
+        missing = sorted(set(range(len(indices))) - set(indices))[:5]
+        raise ValueError(f"`id2label` must be {allowed}, got {len(indices)} classes without indices {missing}")
+    return {str(index): indices[index] for index in sorted(indices)}
 
 
 def check_certification(values: object) -> dict:

@@ -3,7 +3,8 @@
 A smoothing folder holds ``smoothing_config.json`` (sigma, normalization, base model and revision, method),
 the model as its method's registry row says (``smoothing_hf.methods.Saved``: peft's adapter files, our
 ``smoothing_weights.safetensors``, or the whole model), an input module whole as ``input_module.safetensors``,
-the image processor and a ``README.md`` model card. Weights are read and written as safetensors only.
+the image processor and a ``README.md`` model card. Weights are read and written as safetensors only, each
+file found and checked by ``smoothing_hf.weights_files`` before anything is read from it.
 
 ``SmoothedImageClassifier.from_pretrained``/``save_pretrained`` delegate here: ``load`` returns the parts the
 classifier is built from, ``save`` writes them; a merged export folds the adapter with
@@ -18,12 +19,9 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import torch
 from peft import PeftConfig, PeftModel
-from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
-from transformers.utils import cached_file
 
 try:
     from transformers.utils.hub import resolve_revision
@@ -48,11 +46,24 @@ from .methods import (
     trainable_state,
 )
 from .transforms import load_image_processor, per_channel
+from .weights_files import (
+    ADAPTER_WEIGHTS_NAME,
+    FULL_WEIGHTS_NAME,
+    check_covered,
+    check_safetensors,
+    check_same_base,
+    check_source,
+    load_trainable_state,
+    model_weights,
+    optional_file,
+    required_file,
+    tensor_shapes,
+)
 
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
 WEIGHTS_NAME = "smoothing_weights.safetensors"  # our methods' trainable weights: adapters, prompts, the head
-ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"  # peft's files
-FULL_WEIGHTS_NAME = "model.safetensors"  # transformers' weights: the whole model, merged models
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # peft's adapter files, beside ADAPTER_WEIGHTS_NAME
+PEFT_PREFIX = "base_model.model."  # peft's name for a base model's tensor in its adapter files
 INPUT_MODULE_WEIGHTS_NAME = "input_module.safetensors"
 
 
@@ -78,18 +89,32 @@ def load(
     **model_kwargs: Any,
 ) -> Parts:
     """The parts of a smoothed classifier: loaded whole from a smoothing folder or repo, or a base classifier
-    smoothed at ``sigma``. The arguments are ``SmoothedImageClassifier.from_pretrained``'s."""
+    smoothed at ``sigma``. The arguments are ``SmoothedImageClassifier.from_pretrained``'s; each is checked, and
+    the weights files too (safetensors only, whole), before any weights are read."""
+    check_source(name_or_path, "`pretrained_model_name_or_path`")
+    if method_options is not None and not isinstance(method_options, dict):
+        raise TypeError(
+            "`method_options` must be a dict of the method's options (e.g. {'r': 16} for lora, {'train_head': False}) "
+            f"or None, got {type(method_options).__name__} {method_options!r}"
+        )
+    if model_kwargs.setdefault("use_safetensors", True) is not True:
+        raise ValueError(f"`use_safetensors` must be True or left out (weights are loaded from safetensors only), "
+                         f"got {model_kwargs['use_safetensors']!r}")
     hub_kwargs = {k: v for k, v in model_kwargs.items() if k in HUB_KWARGS}
     # Every file of this load comes from one state of the repo: a branch is resolved to its commit once.
     revision = _resolve_revision(name_or_path, hub_kwargs)
     if revision is not None:
         hub_kwargs["revision"] = model_kwargs["revision"] = revision
-    config_file = _optional_file(name_or_path, SMOOTHING_CONFIG_NAME, hub_kwargs)
+    config_file = optional_file(name_or_path, SMOOTHING_CONFIG_NAME, hub_kwargs)
     if config_file is not None:
-        if method is not None or peft_config is not None or input_module is not None:
+        given = [f"`{name}`" for name, value in [
+            ("method", method), ("method_options", method_options or None), ("peft_config", peft_config),
+            ("input_module", input_module), ("new_labels", new_labels), ("image_mean", image_mean),
+            ("image_std", image_std)] if value is not None]
+        if given:
             raise ValueError(
-                f"{name_or_path!r} is a saved smoothing model; it brings its own method, so "
-                "`method`/`peft_config`/`input_module` must not be given"
+                f"{name_or_path!r} is a saved smoothing model; it brings its own method, head and normalization, so "
+                f"{', '.join(given)} must not be given"
             )
         return _load_folder(name_or_path, config_file, sigma, hub_kwargs)
     _refuse_weights_without_config(name_or_path, hub_kwargs)
@@ -97,6 +122,10 @@ def load(
         raise ValueError(f"`sigma` is required: {name_or_path!r} is a base model (no {SMOOTHING_CONFIG_NAME})")
     if sum(option is not None for option in (method, peft_config, input_module)) > 1:
         raise ValueError("pass at most one of `method`, `peft_config` and `input_module`")
+    if method_options and method is None:
+        raise ValueError(
+            f"`method_options` needs `method` (the METHODS name they configure), got {method_options!r} without one"
+        )
     if new_labels is not None:
         if not new_labels or len(set(new_labels)) != len(new_labels):
             raise ValueError(f"`new_labels` must be distinct class names, at least one, got {new_labels!r}")
@@ -104,6 +133,7 @@ def load(
             num_labels=len(new_labels), id2label=dict(enumerate(new_labels)),
             label2id={name: i for i, name in enumerate(new_labels)}, ignore_mismatched_sizes=True,
         )
+    model_weights(name_or_path, hub_kwargs)
     model = AutoModelForImageClassification.from_pretrained(name_or_path, **model_kwargs)
     # A local folder is recorded as an absolute path, so a saved adapter loads from any directory; peft
     # records model.name_or_path as the adapter's base.
@@ -133,6 +163,13 @@ def load(
         model = apply_method(model, method, **(method_options or {}))
     elif input_module is not None:
         model.requires_grad_(False)
+    if new_labels is not None and (saved_form(method) is None or not _trains_head(model)):
+        raise ValueError(
+            "`new_labels` gives the model a new, randomly initialized head, which must be trained and saved with the "
+            "adapter: pass a `method` that trains it (`linear`, `full`, or any other without `train_head=False`) or a "
+            f"`peft_config` whose `modules_to_save` holds the head; got method={method!r}"
+            + (" with an input module (the base is frozen)" if input_module is not None else "")
+        )
     config = SmoothingConfig(
         sigma=sigma,
         image_mean=list(image_mean) if image_mean is not None else mean,
@@ -149,7 +186,8 @@ def _load_folder(
     name_or_path: str | os.PathLike, config_file: str, sigma: float | None, hub_kwargs: dict[str, Any]
 ) -> Parts:
     """Load what ``save`` wrote: the base model the config names (at its recorded revision; the other Hub
-    arguments apply to it too), then the adapter, checked against the config before use."""
+    arguments apply to it too), then the adapter, checked against the config before use: the same base, and a
+    head of as many classes as ``id2label`` lists, which the adapter must hold where the base lacks it."""
     config = SmoothingConfig.from_json_file(config_file)
     if sigma is not None and float(sigma) != config.sigma:
         raise ValueError(
@@ -164,31 +202,44 @@ def _load_folder(
     held = saved_form(method, merged=config.merged)
     what = "the whole model" if held is Saved.WHOLE_MODEL else f"the {method} adapter"
     base_kwargs = {k: v for k, v in hub_kwargs.items() if k != "revision"}
+    covered = {"config_file": config_file, "num_classes": len(config.id2label) if config.id2label else None}
     if held is Saved.WHOLE_MODEL:
-        _check_safetensors(_required_file(name_or_path, FULL_WEIGHTS_NAME, what, hub_kwargs, sharded=True))
+        weights = required_file(name_or_path, FULL_WEIGHTS_NAME, what, hub_kwargs, sharded=True)
+        check_safetensors(weights)
         model = AutoModelForImageClassification.from_pretrained(name_or_path, use_safetensors=True, **hub_kwargs)
+        if covered["num_classes"] not in (None, model.config.num_labels):
+            raise ValueError(
+                f"{config_file} lists {covered['num_classes']} classes (`id2label`), but {weights} holds a model of "
+                f"{model.config.num_labels} classes: the two must agree; restore the `id2label` it was saved with"
+            )
     elif held is None:
-        model = _load_base_model(config, base_kwargs)
+        model, fresh, base_file = _load_base_model(config, base_kwargs)
+        check_covered(model, fresh, {}, base_file=base_file, weights_file=None, **covered)
     elif held is Saved.PEFT_ADAPTER:
-        adapter_config = _required_file(name_or_path, ADAPTER_CONFIG_NAME, what, hub_kwargs)
-        weights = _required_file(name_or_path, ADAPTER_WEIGHTS_NAME, what, hub_kwargs)
-        _check_safetensors(weights)
-        _check_same_base(config, read_json(adapter_config).get("base_model_name_or_path"), adapter_config)
+        adapter_config = required_file(name_or_path, ADAPTER_CONFIG_NAME, what, hub_kwargs)
+        weights = required_file(name_or_path, ADAPTER_WEIGHTS_NAME, what, hub_kwargs)
+        check_safetensors(weights)
+        check_same_base(config, read_json(adapter_config).get("base_model_name_or_path"), adapter_config)
         # Both files lie in one folder (the repo's snapshot at one commit): peft reads them there, so it
         # never falls back to a pickled adapter_model.bin.
-        model = PeftModel.from_pretrained(_load_base_model(config, base_kwargs), os.path.dirname(weights))
+        base, fresh, base_file = _load_base_model(config, base_kwargs)
+        check_covered(base, fresh, tensor_shapes(weights, PEFT_PREFIX), base_file=base_file, weights_file=weights,
+                      **covered)
+        model = PeftModel.from_pretrained(base, os.path.dirname(weights))
         carry_base_layer_attributes(model)
     else:
-        weights = _required_file(name_or_path, WEIGHTS_NAME, what, hub_kwargs)
-        _check_same_base(config, _check_safetensors(weights).get("base_model_name_or_path"), weights)
-        model = apply_method(_load_base_model(config, base_kwargs), method, **config.method_options)
-        _load_trainable_state(model, load_file(weights), weights)
+        weights = required_file(name_or_path, WEIGHTS_NAME, what, hub_kwargs)
+        check_same_base(config, check_safetensors(weights).get("base_model_name_or_path"), weights)
+        base, fresh, base_file = _load_base_model(config, base_kwargs)
+        check_covered(base, fresh, tensor_shapes(weights), base_file=base_file, weights_file=weights, **covered)
+        model = apply_method(base, method, **config.method_options)
+        load_trainable_state(model, load_file(weights), weights)
     input_module = None
     if config.input_module is not None:
         kind = config.input_module["type"]
         input_module = input_module_from_record(config.input_module)
-        weights = _required_file(name_or_path, INPUT_MODULE_WEIGHTS_NAME, f"the {kind} input module", hub_kwargs)
-        _check_same_base(config, _check_safetensors(weights).get("base_model_name_or_path"), weights)
+        weights = required_file(name_or_path, INPUT_MODULE_WEIGHTS_NAME, f"the {kind} input module", hub_kwargs)
+        check_same_base(config, check_safetensors(weights).get("base_model_name_or_path"), weights)
         try:
             load_model(input_module, weights)
         except RuntimeError as error:
@@ -256,16 +307,18 @@ def training_record(
     elif config.peft_method is not None and not config.merged:
         trainable, total = trainable_parameters(model)
         if trainable > 0:
-            base = model.get_base_model() if isinstance(model, PeftModel) else model
-            heads = [f".{head}." for head in head_module_names(base)]
-            train_head = any(
-                p.requires_grad and any(h in f".{n}" for h in heads) for n, p in model.named_parameters()
-            )
-            training.update(trainable_parameters=trainable, total_parameters=total, train_head=train_head)
+            training.update(trainable_parameters=trainable, total_parameters=total, train_head=_trains_head(model))
     return training or None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _trains_head(model: PreTrainedModel | PeftModel) -> bool:
+    """Whether a parameter of the classification head is trainable (for peft, its copy in ``modules_to_save``)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    heads = [f".{head}." for head in head_module_names(base)]
+    return any(p.requires_grad and any(h in f".{n}" for h in heads) for n, p in model.named_parameters())
 
 
 def _metadata(config: SmoothingConfig, **entries: str) -> dict[str, str]:
@@ -276,27 +329,39 @@ def _metadata(config: SmoothingConfig, **entries: str) -> dict[str, str]:
     return metadata
 
 
-def _load_base_model(config: SmoothingConfig, hub_kwargs: dict[str, Any]) -> PreTrainedModel:
-    """The base model a smoothing config names, at its recorded revision, with the head shape the adapter was
-    trained with. ``hub_kwargs`` (token, cache_dir, local_files_only, ...) go to its downloads."""
+def _load_base_model(
+    config: SmoothingConfig, hub_kwargs: dict[str, Any]
+) -> tuple[PreTrainedModel, dict[str, tuple[int, ...] | None], str | None]:
+    """The base model a smoothing config names, at its recorded revision, with a head of as many classes as its
+    ``id2label`` lists; its weights are checked first (``model_weights``: safetensors, whole). Returned with
+    the tensors that loading initialized at random (name -> shape in the base weights, None where they lack
+    it: a new head, for ``check_covered``) and the weights file. ``hub_kwargs`` (token, cache_dir,
+    local_files_only, ...) go to its downloads."""
     name = config.base_model_name_or_path
     if name is None:
         raise ValueError(f"{SMOOTHING_CONFIG_NAME} names no base model (`base_model_name_or_path`)")
     kwargs: dict[str, Any] = {**hub_kwargs, "revision": config.base_model_revision}
     try:
+        check_source(name, f"the base model that {SMOOTHING_CONFIG_NAME} names")
+        base_file = model_weights(name, kwargs)
         if config.id2label is not None:
+            base_config = AutoConfig.from_pretrained(name, **kwargs)
             id2label = {int(k): v for k, v in config.id2label.items()}
             kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
-            base_config = AutoConfig.from_pretrained(name, **{**hub_kwargs, "revision": config.base_model_revision})
             if base_config.num_labels != len(id2label):  # a new head for a downstream label set
                 kwargs.update(num_labels=len(id2label), ignore_mismatched_sizes=True)
-        return AutoModelForImageClassification.from_pretrained(name, **kwargs)
+        model, info = AutoModelForImageClassification.from_pretrained(
+            name, use_safetensors=True, output_loading_info=True, **kwargs
+        )
     except OSError as error:
         revision = f" at revision {config.base_model_revision!r}" if config.base_model_revision else ""
         raise OSError(
             f"the base model {name!r}{revision} that {SMOOTHING_CONFIG_NAME} names could not be loaded; the adapter "
             f"needs it (a Hub id, or a folder on this machine): {error}"
         ) from error
+    fresh = dict.fromkeys(info["missing_keys"])
+    fresh.update({key: tuple(saved) for key, saved, _ in info["mismatched_keys"]})
+    return model, fresh, base_file
 
 
 def _resolve_revision(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> str | None:
@@ -311,79 +376,14 @@ def _resolve_revision(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any
     )
 
 
-def _optional_file(name_or_path: str | os.PathLike, filename: str, hub_kwargs: dict[str, Any]) -> str | None:
-    """The local path of ``filename`` in the folder or repo, or None when it has none."""
-    return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
-
-
 def _refuse_weights_without_config(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> None:
     """A folder or repo with adapter weights but no smoothing_config.json is an error: it is not a base model,
     and its sigma and normalization are unknown."""
     for filename in (ADAPTER_CONFIG_NAME, WEIGHTS_NAME):
-        if _optional_file(name_or_path, filename, hub_kwargs) is not None:
+        if optional_file(name_or_path, filename, hub_kwargs) is not None:
             raise ValueError(
                 f"{os.fspath(name_or_path)!r} holds adapter files ({filename}) but no {SMOOTHING_CONFIG_NAME}, so it "
                 "is not a smoothing model (its sigma and normalization are unknown) nor a base model. Load it with "
                 "the SmoothedImageClassifier.save_pretrained folder it came from, or smooth its base model with "
                 "`from_pretrained(base, sigma=..., peft_config=...)`"
             )
-
-
-def _required_file(
-    name_or_path: str | os.PathLike, filename: str, what: str, hub_kwargs: dict[str, Any], sharded: bool = False
-) -> str:
-    """The local path of ``filename`` in the folder or repo; a missing file is a ValueError that says why it
-    is needed (it holds ``what``). With ``sharded``, a safetensors index (sharded weights) stands in for it."""
-    path = _optional_file(name_or_path, filename, hub_kwargs)
-    if path is None and sharded:
-        path = _optional_file(name_or_path, f"{filename}.index.json", hub_kwargs)
-    if path is None:
-        raise ValueError(
-            f"{os.fspath(name_or_path)!r} has no {filename}, which holds {what} that its {SMOOTHING_CONFIG_NAME} "
-            "describes (weights are loaded from safetensors only); save the model again"
-        )
-    return path
-
-
-def _check_safetensors(path: str) -> dict[str, str]:
-    """The metadata of the safetensors file ``path``, after checking that its header is whole and covers the
-    file; a corrupt or truncated file is a ValueError naming it. (A sharded model's index is left to
-    transformers.)"""
-    if path.endswith(".index.json"):
-        return {}
-    try:
-        with safe_open(path, framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except Exception as error:  # safetensors raises its own SafetensorError (not an OSError) for a bad file
-        message = f"{path} is not a readable safetensors file ({error}); it is corrupt or truncated"
-        raise ValueError(f"{message}: save or download it again") from None
-
-
-def _check_same_base(config: SmoothingConfig, adapter_base: str | None, source: str) -> None:
-    """The adapter's own record of its base model (peft's adapter_config.json, our weights' metadata) must
-    agree with the base model that smoothing_config.json names."""
-    configured = config.base_model_name_or_path
-    if adapter_base and configured and os.path.normpath(adapter_base) != os.path.normpath(configured):
-        raise ValueError(
-            f"{SMOOTHING_CONFIG_NAME} names the base model {configured!r}, but {source} was trained on "
-            f"{adapter_base!r}: an adapter only fits the model it was trained on; fix `base_model_name_or_path` in "
-            "one of the two files"
-        )
-
-
-def _load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load the saved trainable weights into ``model``; their names and shapes must be the model's (a
-    different base model, or other method options, give other ones)."""
-    expected = trainable_state(model)
-    if set(state) != set(expected):
-        raise ValueError(
-            f"{source} does not match the model its config describes (another base model or method options?): "
-            f"missing {sorted(set(expected) - set(state))[:5]}, unexpected {sorted(set(state) - set(expected))[:5]}"
-        )
-    shapes = [f"{name}: {tuple(state[name].shape)} saved, {tuple(tensor.shape)} in the model"
-              for name, tensor in expected.items() if state[name].shape != tensor.shape]
-    if shapes:
-        raise ValueError(
-            f"{source} was trained on a different base model than the one its config names: {'; '.join(shapes[:3])}"
-        )
-    model.load_state_dict(state, strict=False)
