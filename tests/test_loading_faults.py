@@ -296,3 +296,15 @@ def test_arguments_a_saved_smoothing_folder_brings_itself_are_refused(tiny_vit_d
         refused(ValueError, rf"is a saved smoothing model; .* so {named} must not be given", folder,
                 pretrained_model_name_or_path=folder, **kwargs)
 
+
+
+def test_a_black_box_target_and_an_encoder_with_pickled_weights_only_are_refused(tiny_vit_dir, tmp_path):
+    from smoothing_hf.blackbox import BlackBoxClassifier
+    from smoothing_hf.input_modules import Coordinator
+
+    base = copy_base(tiny_vit_dir, tmp_path)
+    pickled_only(base, bogus=True)  # a refusal, not an unpickling error, shows nothing opened it
+    with pytest.raises(ValueError, match="only the pickled pytorch_model.bin"):
+        BlackBoxClassifier.from_pretrained(base)
+    with pytest.raises(OSError, match="model.safetensors"):
+        Coordinator.from_encoder(base, num_channels=3)

@@ -15,6 +15,7 @@ from transformers import AutoModelForImageClassification, PreTrainedModel
 
 from ..checks import check_choice, check_positive_int
 from ..transforms import load_image_processor, per_channel
+from ..weights_files import check_source, model_weights
 
 OUTPUTS = ("logits", "probabilities")
 PROBABILITY_TOLERANCE = 1e-3
@@ -95,11 +96,13 @@ class BlackBoxClassifier:
     ) -> BlackBoxClassifier:
         """A local ``AutoModelForImageClassification`` (Hub id or folder) used as a black box, with the
         normalization of its image processor (none without one). ``model_kwargs`` go to the loaders."""
-        model = AutoModelForImageClassification.from_pretrained(name_or_path, **model_kwargs)
-        model.requires_grad_(False)
         hub_kwargs = {
             k: v for k, v in model_kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")
         }
+        check_source(name_or_path, "`name_or_path`")
+        model_weights(name_or_path, hub_kwargs)  # safetensors only: pickled weights are refused, never opened
+        model = AutoModelForImageClassification.from_pretrained(name_or_path, use_safetensors=True, **model_kwargs)
+        model.requires_grad_(False)
         processor = load_image_processor(name_or_path, **hub_kwargs)
         channels = getattr(model.config, "num_channels", 3)
         mean = std = None

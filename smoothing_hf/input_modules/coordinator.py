@@ -105,7 +105,9 @@ class Coordinator(InputModule):
         """A coordinator around the pretrained backbone ``encoder_name_or_path`` (Hub id or folder, loaded
         with ``AutoModel``; its image processor gives the normalization). The ``pooler_output`` is the
         feature unless the checkpoint has no trained pooler (then the token/position mean)."""
-        encoder, info = AutoModel.from_pretrained(encoder_name_or_path, output_loading_info=True)
+        encoder, info = AutoModel.from_pretrained(  # safetensors only: never unpickles a checkpoint
+            encoder_name_or_path, output_loading_info=True, use_safetensors=True
+        )
         untrained_pooler = any(key.split(".")[0] == "pooler" for key in info["missing_keys"])
         processor = load_image_processor(encoder_name_or_path)
         channels = getattr(encoder.config, "num_channels", num_channels)

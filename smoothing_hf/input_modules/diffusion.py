@@ -105,12 +105,12 @@ class DiffusionDenoiser(InputModule):
         ``hub_kwargs`` (revision, token, cache_dir, local_files_only, ...) go to the downloads."""
         from diffusers import DDPMScheduler, UNet2DModel
 
-        def load(loader: Any, subfolder: str) -> Any:
+        def load(loader: Any, subfolder: str, **kwargs: Any) -> Any:
             try:
-                return loader.from_pretrained(name_or_path, subfolder=subfolder, **hub_kwargs)
+                return loader.from_pretrained(name_or_path, subfolder=subfolder, **kwargs, **hub_kwargs)
             except (OSError, ValueError):
                 try:
-                    return loader.from_pretrained(name_or_path, **hub_kwargs)
+                    return loader.from_pretrained(name_or_path, **kwargs, **hub_kwargs)
                 except (OSError, ValueError) as error:
                     raise OSError(
                         f"{os.fspath(name_or_path)!r} has no diffusers {loader.__name__} (in {subfolder}/ or at its "
@@ -118,7 +118,8 @@ class DiffusionDenoiser(InputModule):
                         f"{error}"
                     ) from error
 
-        unet, scheduler = load(UNet2DModel, "unet"), load(DDPMScheduler, "scheduler")
+        unet = load(UNet2DModel, "unet", use_safetensors=True)  # safetensors only: never unpickles a checkpoint
+        scheduler = load(DDPMScheduler, "scheduler")
         return cls.from_diffusers(unet, scheduler, sigma, source=os.fspath(name_or_path))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
