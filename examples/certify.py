@@ -105,7 +105,8 @@ def main() -> None:
         n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
         output_dir=args.output_dir, max_examples=args.max_examples, skip=args.skip, num_shards=args.num_shards,
         shard_index=args.shard_index, sample_parallel=args.sample_parallel, mode=args.mode, radius=args.radius,
-        max_n=args.max_n, tolerance=args.tolerance, growth=args.growth,
+        max_n=args.max_n, tolerance=args.tolerance, growth=args.growth, dataset_name=data_args.source,
+        split=data_args.split,
     )
     if PartialState().is_main_process:
         samples = summary["samples_per_image"]
