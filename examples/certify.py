@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
-from transformers import HfArgumentParser, set_seed
+from transformers import AutoConfig, HfArgumentParser, set_seed
 
 from smoothing_hf import (
     SMOOTHING_CONFIG_NAME,
@@ -35,6 +35,9 @@ from smoothing_hf import (
 from smoothing_hf.data import EvaluationDatasetArguments
 from smoothing_hf.hub import update_results
 from smoothing_hf.reporting import format_summary
+from smoothing_hf.space import choose_certify_size, model_input_size, native_size
+from smoothing_hf.transforms import load_image_processor
+from smoothing_hf.weights_files import optional_file
 
 
 @dataclass
@@ -45,6 +48,12 @@ class CertifyArguments:
     output_dir: str = field(metadata={"help": "Where certify.tsv and summary.json go."})
     sigma: float | None = field(
         default=None, metadata={"help": "Noise std in [0, 1] pixels (a saved smoothing model brings its own)."}
+    )
+    certify_size: str | None = field(
+        default=None,
+        metadata={"help": "A base model only (a saved smoothing model brings its own space): where noise is added and "
+                  "radii are measured, 'native' (default: the dataset's own image size when it has one below the "
+                  "model's input size), 'model' or HxW."},
     )
     n0: int = field(default=100, metadata={"help": "Selection samples per image."})
     n: int = field(default=100_000, metadata={"help": "Estimation samples per image."})
@@ -98,7 +107,18 @@ def main() -> None:
     set_seed(args.seed)
 
     dataset = data_args.load_split()
-    model = SmoothedImageClassifier.from_pretrained(args.model_name_or_path, sigma=args.sigma)
+    space = {}
+    if optional_file(args.model_name_or_path, SMOOTHING_CONFIG_NAME, {}) is None:  # a base model smoothed here
+        base_size = model_input_size(
+            AutoConfig.from_pretrained(args.model_name_or_path), load_image_processor(args.model_name_or_path)
+        )
+        space["certify_size"], reason = choose_certify_size(args.certify_size or "native", native_size(dataset),
+                                                            base_size)
+        print(f"certification space: {reason}", flush=True)
+    elif args.certify_size is not None:
+        raise ValueError("--certify_size is for a base model: a saved smoothing model certifies in the space it was "
+                         "trained in; drop --certify_size")
+    model = SmoothedImageClassifier.from_pretrained(args.model_name_or_path, sigma=args.sigma, **space)
     check_labels(dataset, model.num_labels)
     summary = certify(
         model, dataset.with_transform(ImageClassificationTransform.for_model(model)),

@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
 
 from smoothing_hf import (
     METHODS,
@@ -29,6 +29,8 @@ from smoothing_hf import (
     trainable_parameters,
 )
 from smoothing_hf.checks import parse_json_object
+from smoothing_hf.space import choose_certify_size, model_input_size, native_size
+from smoothing_hf.transforms import load_image_processor
 
 
 @dataclass
@@ -42,6 +44,12 @@ class ModelArguments:
         metadata={"help": "Joint adaptation: a new head for the dataset's labels, trained with the adapter."},
     )
     model_revision: str | None = field(default=None, metadata={"help": "Revision of the base model on the Hub."})
+    certify_size: str = field(
+        default="native",
+        metadata={"help": "Where noise is added and radii are measured: 'native' (the dataset's own image size when "
+                  "all its images share one below the model's input size; the model upsamples inside), 'model' (the "
+                  "model's input size) or HxW such as 224x224 (images resized and center-cropped to it)."},
+    )
 
 
 @dataclass
@@ -63,6 +71,12 @@ def main() -> None:
     set_seed(training_args.seed)  # before the model is built: a new head and the adapter start from random weights
 
     dataset = data_args.load()
+    base_size = model_input_size(
+        AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision),
+        load_image_processor(model_args.model_name_or_path, revision=model_args.model_revision),
+    )
+    certify_size, reason = choose_certify_size(model_args.certify_size, native_size(dataset["train"]), base_size)
+    print(f"certification space: {reason}", flush=True)
     model = SmoothedImageClassifier.from_pretrained(
         model_args.model_name_or_path,
         sigma=model_args.sigma,
@@ -70,6 +84,7 @@ def main() -> None:
         method_options=method_options,
         new_labels=class_names(dataset) if model_args.new_head else None,
         revision=model_args.model_revision,
+        certify_size=certify_size,
     )
     check_labels(dataset, model.num_labels)
     transform = ImageClassificationTransform.for_model(model)

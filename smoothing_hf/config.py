@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .checks import check_sigma, is_number
 from .files import read_json, write_text
 from .input_modules import check_input_module_record
+from .space import INTERPOLATIONS, check_size, describe
 
 SMOOTHING_CONFIG_NAME = "smoothing_config.json"
 
@@ -43,6 +44,7 @@ CERTIFICATION_KEYS = {
     "acr": "Average certified radius (l2, [0, 1] pixels).",
     "abstain_rate": "Fraction of examples on which the smoothed classifier abstained.",
     "clean_accuracy": "Accuracy of the smoothed classifier (certified accuracy at radius 0).",
+    "space": "Where the radii live (smoothing_hf.space.describe), e.g. 'l2 in [0, 1] pixels of 32 x 32 x 3'.",
 }
 """Keys allowed in ``SmoothingConfig.certification``; n0, n, alpha, num_examples, certified_accuracy and acr
 are required."""
@@ -77,6 +79,20 @@ class SmoothingConfig:
             "help": "Pixel-to-pixel module before the frozen base model (denoiser, black-box coordinator): "
             "{'type', 'options'}."
         },
+    )
+    certify_size: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "[height, width] at which noise is added and radii are measured, when below the base model's "
+            "input size (the forward resizes noisy pixels to `model_input_size`); None: the model's input size."
+        },
+    )
+    model_input_size: list[int] | None = field(
+        default=None, metadata={"help": "[height, width] the base model takes (recorded with `certify_size`)."}
+    )
+    resize_interpolation: str = field(
+        default="bilinear",
+        metadata={"help": f"How the forward resizes to model_input_size: {', '.join(INTERPOLATIONS)}."},
     )
     merged: bool = field(
         default=False,
@@ -116,12 +132,37 @@ class SmoothingConfig:
             self.id2label = check_id2label(self.id2label)
         if self.input_module is not None:
             self.input_module = check_input_module_record(self.input_module)
+        self._check_space()
         if not isinstance(self.merged, bool):
             raise TypeError(f"`merged` must be a bool, got {self.merged!r}")
         if self.training is not None:
             self.training = dict(_check_keys(self.training, "training", TRAINING_KEYS))
         if self.certification is not None:
             self.certification = check_certification(self.certification)
+
+    def _check_space(self) -> None:
+        self.certify_size = check_size(self.certify_size, "certify_size")
+        self.model_input_size = check_size(self.model_input_size, "model_input_size")
+        if self.resize_interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"`resize_interpolation` must be one of {list(INTERPOLATIONS)}, got {self.resize_interpolation!r}"
+            )
+        if self.certify_size is None:
+            return
+        if self.model_input_size is None:
+            raise ValueError("`certify_size` needs `model_input_size`, the size the forward resizes noisy pixels to")
+        if any(c > m for c, m in zip(self.certify_size, self.model_input_size)):
+            raise ValueError(
+                f"`certify_size` {self.certify_size} is larger than the model's input size {self.model_input_size}: "
+                "the downsampling would average the noise away, so its radii would not describe the classifier's "
+                "robustness at that size; certify at or below the model's input size"
+            )
+
+    def space(self, num_channels: int) -> str | None:
+        """Where this model's radii live, in words (``"l2 in [0, 1] pixels of 8 x 8 x 1"``); None when it
+        certifies at the model's input size and that is not recorded."""
+        size = self.certify_size or self.model_input_size
+        return None if size is None else describe(size, num_channels)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -184,7 +225,8 @@ def check_id2label(values: object) -> dict[str, str]:
 
 def check_certification(values: object) -> dict:
     """A copy of a ``certification`` record, checked: the required keys, sample counts >= 1, alpha in (0, 1),
-    accuracies and the abstain rate in [0, 1], ACR >= 0, radii as text of non-negative numbers."""
+    accuracies and the abstain rate in [0, 1], ACR >= 0, radii as text of non-negative numbers, the space (where
+    recorded) a non-empty string."""
     values = dict(_check_keys(values, "certification", CERTIFICATION_KEYS))
     missing = [key for key in REQUIRED_CERTIFICATION_KEYS if values.get(key) is None]
     if missing:
@@ -199,6 +241,11 @@ def check_certification(values: object) -> dict:
     for key in ("abstain_rate", "clean_accuracy"):
         if values.get(key) is not None and (not is_number(values[key]) or not 0 <= values[key] <= 1):
             raise ValueError(f"`certification['{key}']` must be a fraction in [0, 1], got {values[key]!r}")
+    if values.get("space") is not None and (not isinstance(values["space"], str) or not values["space"].strip()):
+        raise ValueError(
+            "`certification['space']` must be a non-empty string such as 'l2 in [0, 1] pixels of 32 x 32 x 3', got "
+            f"{values['space']!r}"
+        )
     accuracy = values["certified_accuracy"]
     if not isinstance(accuracy, dict) or not accuracy:
         raise ValueError(f"`certification['certified_accuracy']` must map radii to fractions, got {accuracy!r}")

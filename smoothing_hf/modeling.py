@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import logging
 
-from . import serialization
+from . import serialization, space
 from .certification import Certificate, Smoother
 from .config import SmoothingConfig
 from .hub import certification_record, push_folder
@@ -108,6 +108,8 @@ class SmoothedImageClassifier(torch.nn.Module):
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         input_module: InputModule | None = None,
+        certify_size: int | Sequence[int] | None = None,
+        resize_interpolation: str = "bilinear",
         **model_kwargs: Any,
     ) -> SmoothedImageClassifier:
         """Load a smoothed classifier, or smooth a base classifier at ``sigma``. Hub ids and local folders
@@ -119,15 +121,19 @@ class SmoothedImageClassifier(torch.nn.Module):
         (``image_mean``/``image_std`` override it, and are required when there is no processor), and
         ``method`` (a ``smoothing_hf.methods.METHODS`` name, with ``method_options``) or a ``peft_config``
         prepares it for fine-tuning; or ``input_module`` (a denoiser, a black-box coordinator) goes in front of
-        the base model, which is then frozen whole. ``new_labels`` (class names) gives the base a new, freshly
-        initialized classification head for a downstream label set (joint adaptation). ``model_kwargs`` go to
-        the model loader; the Hub arguments among them (revision, token, cache_dir, local_files_only, ...) go to
-        every file download. See ``smoothing_hf.serialization.load``.
+        the base model, which is then frozen whole. ``certify_size`` ([H, W] or an int, at most the base
+        model's input size) makes the model certify in that space: noise is added and radii measured at that
+        size, and the forward resizes the noisy pixels to the input size with ``resize_interpolation``
+        (``smoothing_hf.space``); a saved model brings its own. ``new_labels`` (class names) gives the base a
+        new, freshly initialized classification head for a downstream label set (joint adaptation).
+        ``model_kwargs`` go to the model loader; the Hub arguments among them (revision, token, cache_dir,
+        local_files_only, ...) go to every file download. See ``smoothing_hf.serialization.load``.
         """
         return cls(*serialization.load(
             pretrained_model_name_or_path, sigma=sigma, method=method, method_options=method_options,
             peft_config=peft_config, new_labels=new_labels, image_mean=image_mean, image_std=image_std,
-            input_module=input_module, **model_kwargs,
+            input_module=input_module, certify_size=certify_size, resize_interpolation=resize_interpolation,
+            **model_kwargs,
         ))
 
     def save_pretrained(
@@ -208,13 +214,22 @@ class SmoothedImageClassifier(torch.nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
         """Classify [B, C, H, W] pixels on the [0, 1] scale (noisy pixels may leave [0, 1]; they are not
-        clipped). Returns an ``ImageClassifierOutput``: the logits [B, num_labels] transformers predicts with
+        clipped), at ``config.certify_size`` when the model certifies below its input size: after the input
+        module (a denoiser works where the noise is), they are resized to the base model's input size with the
+        recorded interpolation (``smoothing_hf.space``), normalized and classified. Returns an
+        ``ImageClassifierOutput``: the logits [B, num_labels] transformers predicts with
         (for a distilled two-head model, the mean of its heads), and, when ``labels`` [B] are given, their
         cross-entropy as the loss, for every base model alike (distilled ones return none of their own)."""
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.num_channels or 0 in pixel_values.shape:
             raise ValueError(
                 f"`pixel_values` must have shape [B, {self.num_channels}, H, W] with B, H, W >= 1, got "
                 f"{tuple(pixel_values.shape)}"
+            )
+        certify_size = self.config.certify_size
+        if certify_size is not None and list(pixel_values.shape[-2:]) != certify_size:
+            raise ValueError(
+                f"this model certifies in {self.config.space(self.num_channels)} (`certify_size`), got pixels of "
+                f"shape {tuple(pixel_values.shape)}: transform the data with `model.image_transform()`"
             )
         if self.input_module is not None:
             shape = pixel_values.shape
@@ -224,6 +239,8 @@ class SmoothedImageClassifier(torch.nn.Module):
                     f"the {self.config.input_module['type']} input module must return pixels of its input's shape "
                     f"{tuple(shape)}, got {tuple(pixel_values.shape)}"
                 )
+        if certify_size is not None:  # one fixed map from the certification space to the base model's input
+            pixel_values = space.resize(pixel_values, self.config.model_input_size, self.config.resize_interpolation)
         logits = self.base_logits(pixel_values)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return ImageClassifierOutput(loss=loss, logits=logits)
@@ -278,8 +295,11 @@ class SmoothedImageClassifier(torch.nn.Module):
         return self.smoother().certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed)
 
     def image_transform(self) -> PixelTransform:
-        """The dataset transform for this model: resize with the base model's processor and rescale to [0, 1],
-        without normalizing (``forward`` normalizes)."""
+        """The dataset transform for this model: pixels in [0, 1] at ``config.certify_size`` when the model
+        certifies below its input size, else resized with the base model's processor; never normalized
+        (``forward`` normalizes)."""
+        if self.config.certify_size is not None:
+            return PixelTransform(size=self.config.certify_size)
         if self.image_processor is None:
             raise ValueError("this model has no image processor; build it with one to get its image transform")
         return PixelTransform(self.image_processor)

@@ -46,6 +46,7 @@ from .modes import MODE_OPTIONS, MODES, Mode
 from .noise import chunk_sizes, derive_seed
 from .reporting import DEFAULT_RADII, plot_certified_accuracy
 from .run_folder import SETTINGS_NAME, done_rows, pixel_digest, read_settings, record_settings
+from .space import describe
 
 
 def certify(
@@ -131,6 +132,7 @@ def certify(
             "input_module": (model.config.input_module or {}).get("type"),
         },
         "dataset": {"name": dataset_name, "split": split, "num_examples": len(dataset)},
+        "certify_size": model.config.certify_size,
     }
     selected = list(range(0, len(dataset), skip))[:max_examples][shard_index::num_shards]
     if not selected:
@@ -139,7 +141,8 @@ def certify(
             f"shard {shard_index} of {num_shards} select none of them"
         )
     smoother = model.to(state.device).smoother()
-    examples = _read_examples(dataset, selected, smoother, model.num_labels, mode)
+    examples, shape = _read_examples(dataset, selected, smoother, model.num_labels, mode)
+    settings["space"] = describe(shape[1:], shape[0])  # where the radii live: l2 in [0, 1] pixels of H x W x C
     done = done_rows(output_dir, settings, chosen.tsv_name, chosen.columns, examples)  # every check before a write
     state.wait_for_everyone()
     if state.is_main_process:
@@ -307,18 +310,25 @@ def _check_selection(skip: int, max_examples: int | None, num_shards: int, shard
 
 def _read_examples(
     dataset: Any, selected: list[int], smoother: Smoother, num_labels: int, task: str
-) -> dict[int, tuple[int, str]]:
-    """idx -> (label, pixel digest) of each selected example, read once and checked (a label in [0,
-    ``num_labels``), pixels [C, H, W] in [0, 1] with the model's channels) before anything is written."""
-    examples = {}
+) -> tuple[dict[int, tuple[int, str]], tuple[int, ...]]:
+    """idx -> (label, pixel digest) of each selected example, read once and checked before anything is
+    written (a label in [0, ``num_labels``), pixels [C, H, W] in [0, 1] with the model's channels, all of one
+    shape: one space for every radius of the run), and that shape [C, H, W]."""
+    examples, shape = {}, None
     for idx in selected:
         pixels, labels = labelled_batch(dataset, [idx], num_labels, task)
         try:
             smoother.check_images(pixels)
         except (TypeError, ValueError) as error:
             raise type(error)(f"dataset example {idx}: {error}") from None
+        if shape is not None and tuple(pixels.shape[1:]) != shape:
+            raise ValueError(
+                f"dataset example {idx} has shape {tuple(pixels.shape[1:])}, example {selected[0]} {shape}: radii are "
+                "l2 distances at one image size, so every example must have the same one (resize them in the transform)"
+            )
+        shape = tuple(pixels.shape[1:])
         examples[idx] = (labels[0], pixel_digest(pixels[0]))
-    return examples
+    return examples, shape
 
 
 def _decide(
@@ -363,6 +373,7 @@ def _finish(
     samples = [row["samples"] for row in rows]
     summary.update(
         samples_per_image={"mean": float(np.mean(samples)), "median": float(np.median(samples))} if rows else None,
+        space=settings["space"],
         settings=settings,
         samples_per_second=samples_per_second,
     )

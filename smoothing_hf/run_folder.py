@@ -31,6 +31,7 @@ RESUME_KEYS = (
     "shard_index",
     "model",
     "dataset",
+    "space",
     "radius",
     "max_n",
     "tolerance",

@@ -45,6 +45,7 @@ from .methods import (
     trainable_parameters,
     trainable_state,
 )
+from .space import model_input_size, space_settings
 from .transforms import load_image_processor, per_channel
 from .weights_files import (
     ADAPTER_WEIGHTS_NAME,
@@ -86,6 +87,8 @@ def load(
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
     input_module: InputModule | None = None,
+    certify_size: int | Sequence[int] | None = None,
+    resize_interpolation: str = "bilinear",
     **model_kwargs: Any,
 ) -> Parts:
     """The parts of a smoothed classifier: loaded whole from a smoothing folder or repo, or a base classifier
@@ -110,11 +113,11 @@ def load(
         given = [f"`{name}`" for name, value in [
             ("method", method), ("method_options", method_options or None), ("peft_config", peft_config),
             ("input_module", input_module), ("new_labels", new_labels), ("image_mean", image_mean),
-            ("image_std", image_std)] if value is not None]
+            ("image_std", image_std), ("certify_size", certify_size)] if value is not None]
         if given:
             raise ValueError(
-                f"{name_or_path!r} is a saved smoothing model; it brings its own method, head and normalization, so "
-                f"{', '.join(given)} must not be given"
+                f"{name_or_path!r} is a saved smoothing model; it brings its own method, head, normalization and "
+                f"space, so {', '.join(given)} must not be given"
             )
         return _load_folder(name_or_path, config_file, sigma, hub_kwargs)
     _refuse_weights_without_config(name_or_path, hub_kwargs)
@@ -178,8 +181,10 @@ def load(
         base_model_revision=getattr(revision, "resolved", None) or (str(revision) if revision is not None else None),
         peft_method=method,
         method_options=dict(method_options or {}) if peft_config is None else {},
+        **space_settings(certify_size, model_input_size(model.config, image_processor), resize_interpolation),
     )
     return Parts(model, config, image_processor, input_module)
+
 
 
 def _load_folder(

@@ -42,15 +42,21 @@ def _needs_rescale(image: ImageLike) -> bool:
 
 
 class PixelTransform:
-    """Resize images with ``image_processor`` and return pixels in [0, 1], un-normalized.
+    """Resize images and return pixels in [0, 1], un-normalized: with ``image_processor`` (the base model's own
+    resizing), or, with ``size`` [H, W] (a certification space, ``smoothing_hf.space``), to that size: an image
+    of that size is kept as it is, any other is resized (shortest edge to the size / 0.875, bilinear with
+    antialiasing) and center-cropped, the usual evaluation protocol for datasets of mixed sizes.
 
     Call with one image (returns [C, H, W]) or a sequence of images (returns [B, C, H, W]). PIL images and
     integer arrays are divided by 255; float arrays and tensors are taken as already in [0, 1] and are
-    never rescaled a second time.
+    never rescaled a second time. Arrays are [H, W] or [H, W, C], tensors [C, H, W].
     """
 
-    def __init__(self, image_processor: Any) -> None:
+    def __init__(self, image_processor: Any = None, *, size: Sequence[int] | None = None) -> None:
+        if (image_processor is None) == (size is None):
+            raise ValueError("pass one of `image_processor` and `size`")
         self.image_processor = image_processor
+        self.size = None if size is None else [int(s) for s in size]
 
     def __call__(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         single = not isinstance(images, (list, tuple))
@@ -60,11 +66,39 @@ class PixelTransform:
         rescale = {_needs_rescale(image) for image in batch}
         if len(rescale) > 1:
             raise ValueError("`images` mixes 0-255 and [0, 1] images; pass one kind per call")
-        pixels = self.image_processor(
-            batch, do_normalize=False, do_rescale=rescale.pop(), return_tensors="pt"
-        )["pixel_values"]
+        if self.size is not None:
+            pixels = torch.stack([_resize_and_crop(_as_tensor(image), self.size) for image in batch])
+        else:
+            pixels = self.image_processor(
+                batch, do_normalize=False, do_rescale=rescale.pop(), return_tensors="pt"
+            )["pixel_values"]
         pixels = pixels.float()
         return pixels[0] if single else pixels
+
+
+def _as_tensor(image: ImageLike) -> torch.Tensor:
+    """One image as float [C, H, W] pixels in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        tensor = image if image.dim() == 3 else image.unsqueeze(0)
+        return tensor.float() / (1 if image.is_floating_point() else 255)
+    array = np.asarray(image)
+    scale = 1 if np.issubdtype(array.dtype, np.floating) else 255
+    array = array[:, :, None] if array.ndim == 2 else array
+    return torch.tensor(array.transpose(2, 0, 1), dtype=torch.float32) / scale
+
+
+def _resize_and_crop(pixels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """[C, H, W] pixels at ``size`` [H', W']: as they are when they have it, else resized and center-cropped."""
+    height, width = pixels.shape[-2:]
+    if [height, width] == list(size):
+        return pixels
+    scale = min(size) / 0.875 / min(height, width)
+    resized = [max(size[0], round(height * scale)), max(size[1], round(width * scale))]
+    pixels = torch.nn.functional.interpolate(
+        pixels[None], size=resized, mode="bilinear", align_corners=False, antialias=True
+    )[0]
+    top, left = (resized[0] - size[0]) // 2, (resized[1] - size[1]) // 2
+    return pixels[:, top : top + size[0], left : left + size[1]].clamp(0, 1)
 
 
 def load_image_processor(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Any:
