@@ -6,7 +6,8 @@ never says anything the config does not record. Three public steps:
 
 - ``model_card(config, model_id)``: the card, a ``huggingface_hub.ModelCard`` rendered from the Jinja template
   ``smoothing_hf/model_cards/smoothing_model_card.md``; its metadata has ``library_name``, ``base_model``,
-  ``tags``, ``datasets`` and a ``model-index`` with the certified accuracies and the ACR as eval results.
+  ``tags``, ``datasets`` and a ``model-index`` with the certified accuracies and the ACR as eval results, each
+  named with the certification space where the record has one (radii of different image sizes never compare).
 - ``push_folder(folder, repo_id)``: one commit of the folder's files with ``huggingface_hub`` (create the repo,
   and the branch for a ``revision``, then ``HfApi.upload_folder``).
 - ``update_results(folder, summary)``: after ``certify()``, write its results into the folder's
@@ -113,6 +114,9 @@ def model_card(config: SmoothingConfig, model_id: str, template_path: str | os.P
         class_names=_class_names(config.id2label),
         image_mean=config.image_mean,
         image_std=config.image_std,
+        certify_size=config.certify_size,  # with the size the forward upsamples to, and how
+        model_input_size=config.model_input_size,
+        resize_interpolation=config.resize_interpolation,
         certification={key: certification.get(key) for key in CERTIFICATION_KEYS} if certification else None,
         max_radius=(
             largest_certifiable_radius(certification["n"], certification["alpha"], config.sigma)
@@ -129,25 +133,32 @@ def write_model_card(config: SmoothingConfig, path: str | os.PathLike, model_id:
 
 def _eval_results(config: SmoothingConfig) -> list[EvalResult]:
     """One eval result per certified radius (``certified_accuracy``, a fraction) and one for the ACR, with
-    the settings that qualify them (sigma, n0, n, alpha) as metric arguments."""
+    the settings that qualify them (sigma, n0, n, alpha, and the space where recorded) as metric arguments; a
+    recorded space is named in the task and in every metric's name too."""
     record = config.certification
     dataset = record.get("dataset") or "unknown"
+    space = record.get("space")  # in every name and task, so that no leaderboard ranks radii of two spaces together
     common = dict(
-        task_type="image-classification", task_name="Certified image classification (l2, randomized smoothing)",
+        task_type="image-classification",
+        task_name=f"Certified image classification (randomized smoothing, {space})" if space
+        else "Certified image classification (l2, randomized smoothing)",
         dataset_type=dataset, dataset_name=dataset, dataset_split=record.get("split"),
     )
-    settings = {"sigma": config.sigma, "n0": record["n0"], "n": record["n"], "alpha": record["alpha"]}
+    settings = {"sigma": config.sigma, "n0": record["n0"], "n": record["n"], "alpha": record["alpha"],
+                **({"space": space} if space else {})}
     results = [
         EvalResult(
             **common, metric_type="certified_accuracy", metric_value=value,
-            metric_name=f"Certified accuracy at l2 radius {radius}", metric_config=f"radius={radius}",
-            metric_args={"radius": float(radius), **settings},
+            metric_name=f"Certified accuracy at radius {radius} ({space})" if space
+            else f"Certified accuracy at l2 radius {radius}",
+            metric_config=f"radius={radius}", metric_args={"radius": float(radius), **settings},
         )
         for radius, value in record["certified_accuracy"].items()
     ]
     results.append(
         EvalResult(
-            **common, metric_type="acr", metric_value=record["acr"], metric_name="Average certified radius",
+            **common, metric_type="acr", metric_value=record["acr"],
+            metric_name=f"Average certified radius ({space})" if space else "Average certified radius",
             metric_args=settings,
         )
     )
@@ -176,7 +187,8 @@ def certification_record(
 ) -> dict:
     """The ``SmoothingConfig.certification`` record of a ``certify()`` summary (``summary.json``), checked
     against ``config``: the summary must come from CERTIFY (not PREDICT), from a whole run (not one shard of
-    several), at the config's sigma and for the model the config describes."""
+    several), at the config's sigma and for the model the config describes, in its space where both say. The
+    record keeps the summary's ``space`` (where its radii live; absent from older summaries)."""
     if not isinstance(summary, Mapping) or "certified_accuracy" not in summary:
         raise ValueError(
             "`summary` must be the summary of a certify() run in certify mode (its summary.json, with "
@@ -211,11 +223,19 @@ def certification_record(
             "`summary` was certified with another model: "
             + ", ".join(f"{key}={model[key]!r} there, {recorded[key]!r} here" for key in differing)
         )
+    space = summary.get("space") or settings.get("space")
+    expected = config.space(len(config.image_mean))
+    if space and expected and space != expected:
+        raise ValueError(
+            f"`summary` was certified in {space}, but this model certifies in {expected} (`certify_size`): its "
+            "radii come from another model"
+        )
     record = {
         "n0": settings["n0"], "n": settings["n"], "alpha": settings["alpha"], "seed": settings.get("seed"),
         "skip": settings.get("skip"), "num_examples": summary.get("num_examples"), "dataset": dataset_name,
         "split": split, "certified_accuracy": summary["certified_accuracy"], "acr": summary.get("acr"),
         "abstain_rate": summary.get("abstain_rate"), "clean_accuracy": summary.get("clean_accuracy"),
+        "space": space,
     }
     return check_certification({key: value for key, value in record.items() if value is not None})
 

@@ -19,7 +19,8 @@ from test_methods import SAVED_FILES, train_a_few_steps
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
 from smoothing_hf import SmoothedImageClassifier, SmoothingConfig
-from smoothing_hf.hub import model_card, update_results
+from smoothing_hf.config import check_certification
+from smoothing_hf.hub import certification_record, model_card, update_results
 from smoothing_hf.methods import METHODS, Trains
 from smoothing_hf.pipeline import certify
 
@@ -195,6 +196,32 @@ def test_the_card_parses_and_its_eval_results_carry_the_certified_accuracies():
         assert text in card.text, text
 
 
+SPACE_32 = "l2 in [0, 1] pixels of 32 x 32 x 3"
+
+
+def test_the_card_and_its_model_index_name_the_certification_space():
+    config = certified_config(certify_size=[32, 32], model_input_size=[224, 224], resize_interpolation="bicubic")
+    summary = {"certified_accuracy": {"0": 0.9, "0.5": 0.6}, "acr": 0.4, "num_examples": 50, "space": SPACE_32,
+               "settings": {"n0": 100, "n": 10_000, "alpha": 0.001, "sigma": 0.25, "space": SPACE_32}}
+    config.certification = certification_record(config, summary, dataset_name="cifar10", split="test")
+    assert config.certification["space"] == SPACE_32
+    card = ModelCard(str(model_card(config, "user/vit-lora-smoothing-0.25")))
+    assert f"certification space **{SPACE_32}**" in card.text
+    assert "| certification size | 32 x 32: noise added and radii measured there; upsampled inside the model to " \
+           "224 x 224 (bicubic) |" in card.text
+    results = card.data.eval_results
+    assert [r.metric_name for r in results] == [f"Certified accuracy at radius 0 ({SPACE_32})",
+                                                f"Certified accuracy at radius 0.5 ({SPACE_32})",
+                                                f"Average certified radius ({SPACE_32})"]
+    assert all(SPACE_32 in r.task_name and r.metric_args["space"] == SPACE_32 for r in results)
+    with pytest.raises(ValueError, match="certified in l2 in .* of 224 x 224 x 3, but this model certifies in .* 32 x"):
+        certification_record(config, {**summary, "space": "l2 in [0, 1] pixels of 224 x 224 x 3"})
+    with pytest.raises(ValueError, match=r"`certification\['space'\]` must be a non-empty string"):
+        check_certification({**config.certification, "space": ""})
+    older = {**summary, "space": None, "settings": {k: v for k, v in summary["settings"].items() if k != "space"}}
+    assert "space" not in certification_record(config, older)  # an older summary records none: nor does the record
+
+
 def test_a_card_without_results_or_hub_ids_has_no_model_index():
     config = SmoothingConfig(sigma=0.5, image_mean=[0.5], image_std=[0.5], base_model_name_or_path="/tmp/base",
                              peft_method="vpt")
@@ -230,13 +257,17 @@ def test_certify_then_update_results_refreshes_the_folder_config_and_card(saved,
     assert {r.metric_config: r.metric_value for r in results if r.metric_type == "certified_accuracy"} == {
         f"radius={r}": v for r, v in summary["certified_accuracy"].items()}
     assert "of `embedded:digits` (validation split)" in card.text and card.data.datasets is None
+    space = "l2 in [0, 1] pixels of 28 x 28 x 3"  # the images certified: the digits at the model's input size
+    assert summary["space"] == recorded["space"] == space and f"certification space **{space}**" in card.text
+    assert all(space in r.metric_name and space in r.task_name for r in results)
     assert not [name for name in os.listdir(folder) if name.endswith(".tmp")]
 
     # The same through the model: record, then save.
     model.record_certification(summary, dataset_name="embedded:digits")
     model.save_pretrained(tmp_path / "again")
     again = SmoothingConfig.from_json_file(tmp_path / "again" / "smoothing_config.json")
-    assert again.certification["acr"] == summary["acr"]
+    assert again.certification["acr"] == summary["acr"] and again.certification["space"] == space
+    assert f"certification space **{space}**" in ModelCard.load(tmp_path / "again" / "README.md").text
 
 
 def test_results_from_another_run_are_refused(saved, digits, tmp_path):

@@ -23,11 +23,13 @@ from smoothing_hf.reporting import (
     curve_styles,
     format_summary,
     plot_certified_accuracy,
+    plots,
     read_checked_rows,
     read_run,
     summarize,
     write_report,
 )
+from smoothing_hf.reporting.comparison import comparison_rows, comparison_table
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Two abstentions, one wrong prediction with a radius, three correct ones at radii 0.9, 0.25 and 0.5.
@@ -53,11 +55,13 @@ def rows(tmp_path):
     return read_rows(tmp_path / "certify.tsv")
 
 
-def run_folder(folder, rows, sigma=None):
+def run_folder(folder, rows, sigma=None, space=None):
+    """A certify output folder; its summary.json records sigma and the space where given (as certify() writes
+    them: the space at the top and in the settings)."""
     os.makedirs(folder)
     write_rows(rows, folder / "certify.tsv", list(rows[0]))
-    if sigma is not None:
-        (folder / "summary.json").write_text(json.dumps({"settings": {"sigma": sigma}}))
+    if sigma is not None or space is not None:
+        (folder / "summary.json").write_text(json.dumps({"space": space, "settings": {"sigma": sigma, "space": space}}))
     return folder
 
 
@@ -124,11 +128,15 @@ def test_every_curve_of_a_crowded_plot_has_its_own_colour_and_line_style(rows, t
     assert (tmp_path / "crowded.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_comparison_tables_mark_the_best_value_per_column(rows, tmp_path):
-    # run b: examples 0 and 1 abstain, the wrong example 3 is right at radius 1.2:
-    # better at r = 1 and in ACR, worse below
+def better_at_large_radii(rows):
+    """Examples 0 and 1 abstain, the wrong example 3 is right at radius 1.2: better at r = 1 and in ACR, worse
+    below."""
     abstain, certified = {"predict": -1, "radius": 0.0, "correct": 0}, {"predict": 4, "radius": 1.2, "correct": 1}
-    other = [{**r, **abstain} if r["idx"] < 2 else {**r, **certified} if r["idx"] == 3 else r for r in rows]
+    return [{**r, **abstain} if r["idx"] < 2 else {**r, **certified} if r["idx"] == 3 else r for r in rows]
+
+
+def test_comparison_tables_mark_the_best_value_per_column(rows, tmp_path):
+    other = better_at_large_radii(rows)
     folders = {"a_run": run_folder(tmp_path / "a", rows, sigma=0.25), "b": run_folder(tmp_path / "b", other)}
     compared = compare_runs(folders, RADII)
     assert [(c["name"], c["sigma"]) for c in compared] == [("a_run", 0.25), ("b", None)]
@@ -155,6 +163,80 @@ def test_comparison_tables_mark_the_best_value_per_column(rows, tmp_path):
     assert "a\\_run & 0.25 & 6 & \\textbf{50.0} & \\textbf{50.0} & 33.3 & 16.7 & 0.0 & 0.275 \\\\" in latex
     assert "b & --- & 6 &" in latex
     assert latex.count("\\textbf") == 4 and latex.count(" & ") == 3 * 8 and latex.rstrip().endswith("\\end{tabular}")
+
+
+SPACE_32, SPACE_224 = "l2 in [0, 1] pixels of 32 x 32 x 3", "l2 in [0, 1] pixels of 224 x 224 x 3"
+
+
+def test_runs_of_one_space_are_ranked_as_before_with_their_space_shown(rows, tmp_path):
+    folders = {"a_run": run_folder(tmp_path / "a", rows, sigma=0.25, space=SPACE_32),
+               "b": run_folder(tmp_path / "b", better_at_large_radii(rows), space=SPACE_32)}
+    compared = compare_runs(folders, RADII)
+    assert [row["space"] for row in compared] == [SPACE_32, SPACE_32]
+    markdown = comparison_markdown(compared, RADII)
+    cells = table_cells(markdown)
+    assert cells[0][:3] == ["run", "space", "sigma"] and len(cells) == 4  # no note: one space
+    assert cells[2] == ["a_run", SPACE_32, "0.25", "6", "50.0*", "50.0*", "33.3", "16.7", "0.0", "0.275"]
+    assert cells[3] == ["b", SPACE_32, "—", "6", "33.3", "33.3", "33.3", "16.7", "16.7*", "0.283*"]
+    latex = comparison_latex(compared, RADII)
+    assert latex.count("\\textbf") == 4 and "not comparable" not in latex and "Run & Space & $\\sigma$" in latex
+
+
+def test_runs_of_different_spaces_are_marked_and_never_ranked_together(rows, tmp_path, monkeypatch):
+    # a and b certified at 32 x 32 rank against each other; c at 224 x 224 and the older d (no space
+    # recorded: unknown, a space of its own) against no one, though c's figures would beat both
+    better = better_at_large_radii(rows)
+    folders = [run_folder(tmp_path / "a", rows, sigma=0.25, space=SPACE_32),
+               run_folder(tmp_path / "b", better, space=SPACE_32),
+               run_folder(tmp_path / "c", [{**r, "radius": 2.0, "predict": r["label"], "correct": 1} for r in rows],
+                          space=SPACE_224),
+               run_folder(tmp_path / "d", better, sigma=0.25)]
+    compared = compare_runs(folders, RADII)
+    assert [row["space"] for row in compared] == [SPACE_32, SPACE_32, SPACE_224, None]
+    markdown = comparison_markdown(compared, RADII)
+    table, note = markdown.split("\n\n")
+    assert note == ("Radii of different spaces are not comparable (resizing changes l2 distances): the best value "
+                    "is marked among the runs of one space only.")
+    by_run = {line[0]: line for line in table_cells(table)[2:]}
+    assert by_run["a"] == ["a", SPACE_32, "0.25", "6", "50.0*", "50.0*", "33.3", "16.7", "0.0", "0.275"]
+    assert by_run["b"] == ["b", SPACE_32, "—", "6", "33.3", "33.3", "33.3", "16.7", "16.7*", "0.283*"]
+    assert by_run["c"] == ["c", SPACE_224, "—", "6", "100.0", "100.0", "100.0", "100.0", "100.0", "2.000"]
+    assert by_run["d"] == ["d", "unknown", "0.25", "6", "33.3", "33.3", "33.3", "16.7", "16.7", "0.283"]
+    latex = comparison_latex(compared, RADII)
+    assert latex.count("\\textbf") == 4 and "c & l2 in [0, 1] pixels of 224 x 224 x 3 & --- & 6 & 100.0 &" in latex
+    assert "\\multicolumn{10}{l}{\\footnotesize Radii of different spaces are not comparable" in latex
+
+    plotted = {}
+    monkeypatch.setattr(plots, "plot_certified_accuracy", lambda curves, path, **kwargs: plotted.update(curves))
+    write_report(folders, tmp_path / "report")
+    assert list(plotted) == [f"a ({SPACE_32})", f"b ({SPACE_32})", f"c ({SPACE_224})", "d (unknown)"]
+    assert markdown in (tmp_path / "report" / "report.md").read_text()
+    assert "not comparable" in (tmp_path / "report" / "report.tex").read_text()
+
+
+def test_the_method_comparison_ranks_within_a_space_too():
+    def row(name, accuracy, acr, space):
+        return {"name": name, "seeds": 1, "space": space, "num_examples": 10, "certified_accuracy": {"0": accuracy},
+                "certified_accuracy_std": {"0": None}, "acr": acr, "acr_std": None, "trainable_parameters": None,
+                "training_seconds": None, "samples_per_second": None}
+
+    rows = [row("a", 0.9, 0.4, SPACE_32), row("b", 0.8, 0.5, SPACE_32), row("c", 0.95, 0.9, SPACE_224)]
+    table, note = comparison_table(rows, radii=(0.0,)).split("\n\n")
+    assert table.splitlines()[0] == "| method | space | trainable | train s | samples/s | r = 0 | ACR |"
+    assert table.splitlines()[2:] == [f"| a | {SPACE_32} | — | — | — | 90.0* | 0.400 |",
+                                      f"| b | {SPACE_32} | — | — | — | 80.0 | 0.500* |",
+                                      f"| c | {SPACE_224} | — | — | — | 95.0 | 0.900 |"]
+    assert "not comparable" in note and "not comparable" not in comparison_table(rows[:2], radii=(0.0,))
+    assert comparison_table(rows, radii=(0.0,), latex=True).count("\\textbf") == 2
+
+
+def test_the_method_comparison_keeps_each_methods_space_and_refuses_seeds_of_two(rows, tmp_path):
+    seeds = [run_folder(tmp_path / f"seed{i}" / "certify", rows, sigma=0.25, space=space).parent
+             for i, space in enumerate([SPACE_32, SPACE_32, SPACE_224])]
+    older = run_folder(tmp_path / "older" / "certify", rows).parent  # no summary.json: no space recorded
+    assert [row["space"] for row in comparison_rows({"lora": seeds[:2], "older": [older]}, RADII)] == [SPACE_32, None]
+    with pytest.raises(ValueError, match=r"run 'mixed': its seeds certified in different spaces \(l2 .* 224 x 224"):
+        comparison_rows({"mixed": seeds[1:]}, RADII)
 
 
 def test_report_example_runs_end_to_end(rows, tmp_path, capsys):
@@ -475,4 +557,5 @@ def test_the_pipelines_own_rows_pass_the_checks(tiny_vit_gray_dir, tmp_path):
     settings = dict(n0=10, alpha=0.01, batch_size=128, seed=3)
     certify(model, dataset, output_dir=tmp_path / "certify", n=100, **settings)
     certify(model, dataset, output_dir=tmp_path / "fixed", mode="fixed_radius", radius=0.05, max_n=300, **settings)
-    assert [row["num_examples"] for row in compare_runs([tmp_path / "certify", tmp_path / "fixed"])] == [6, 6]
+    compared = compare_runs([tmp_path / "certify", tmp_path / "fixed"])
+    assert [(row["num_examples"], row["space"]) for row in compared] == [(6, "l2 in [0, 1] pixels of 28 x 28 x 1")] * 2

@@ -8,6 +8,7 @@ the tables). Plots need matplotlib (``pip install smoothing_hf[examples]``); eve
 - ``metrics``: ``summarize``, ``certified_accuracy_curve``, ``format_summary``, the ``evaluate`` metric's path;
 - ``runs``: ``read_run(s)`` of output folders and TSVs, ``summarize_run``;
 - ``validation``: ``read_checked_rows``, which refuses rows that contradict themselves;
+- ``spaces``: where a run's radii live (its recorded space) and ranking only within one space;
 - ``tables``: Markdown and LaTeX comparison tables, ``write_report``;
 - ``plots``: certified accuracy against radius;
 - ``cli``: ``python -m smoothing_hf.report``.

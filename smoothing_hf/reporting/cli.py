@@ -5,19 +5,22 @@ at radii and ACR, one row per certification run, from our output folders and fro
     python -m smoothing_hf.report runs/lora/certify runs/full/certify cohen/noise_0.25/test/sigma_0.25 \
         --labels lora full cohen --radii 0 0.25 0.5 0.75 1.0 --format markdown --plot curves.png
 
-Each PATH is an output folder (its ``certify.tsv``; sigma from its ``summary.json``) or a TSV file with
-Cohen's columns idx, label, predict, radius, correct, time (time in seconds, ``15.4``, or as
+Each PATH is an output folder (its ``certify.tsv``; sigma and space from its ``summary.json``) or a TSV file
+with Cohen's columns idx, label, predict, radius, correct, time (time in seconds, ``15.4``, or as
 ``0:02:30.437045``; other columns are kept). A row's label is the matching ``--labels`` entry, else the
 folder's name or the file's name without its extension; labels must be unique.
 
-Certified accuracy at r (%, Cohen's definition) is the share of rows with correct = 1 and radius >= r; ACR
-is the mean of radius * correct; radii are l2 distances in [0, 1] pixel space. The best value per column
-is marked (``*`` in Markdown, bold in LaTeX). A TSV holding a header only is a run of 0 examples: its row
-shows n = 0 and dashes. A last line without a newline (a write cut short by a crash) is ignored with a
-warning on stderr; any other malformed line, a missing column or a missing path is an error (exit status 2),
-and so is a row that contradicts itself or another, naming file and line: a repeated idx, correct = 1 where
-predict is not the label (or 0 where it is), an abstention (predict = -1) with a radius, a value outside its
-column's range (``smoothing_hf.reporting.validation``). Nothing is printed or plotted then.
+Certified accuracy at r (%, Cohen's definition) is the share of rows with correct = 1 and radius >= r; ACR is
+the mean of radius * correct; radii are l2 distances in [0, 1] pixel space, of the image size a run certified
+at: a ``space`` column (where a ``summary.json`` records one; ``unknown`` for older folders and raw TSVs) says
+which, and radii of different spaces are never ranked together. The best value per column among the runs of
+one space is marked (``*`` in Markdown, bold in LaTeX); runs of several spaces get a note. A TSV holding a
+header only is a run of 0 examples: its row shows n = 0 and dashes. A last line without a newline (a write cut
+short by a crash) is ignored with a warning on stderr; any other malformed line, a missing column or a missing
+path is an error (exit status 2), and so is a row that contradicts itself or another, naming file and line: a
+repeated idx, correct = 1 where predict is not the label (or 0 where it is), an abstention (predict = -1) with
+a radius, a value outside its column's range (``smoothing_hf.reporting.validation``). Nothing is printed or
+plotted then.
 ``--plot FILE`` also writes every curve into one figure (its extension picks the format: .png, .pdf, .svg).
 """
 

@@ -15,6 +15,7 @@ from ..files import read_json, write_json, write_text
 from .metrics import COMPARISON_RADII
 from .plots import plot_certified_accuracy
 from .runs import read_run, summarize_run
+from .spaces import NOT_COMPARABLE, best_within_space, legend_labels, several_spaces, shown_space
 
 TRAIN_RESULTS_NAME = "train_results.json"
 CERTIFY_DIR = "certify"
@@ -24,7 +25,8 @@ def comparison_rows(
     runs: Mapping[str, Sequence[str | os.PathLike]], radii: Sequence[float] = COMPARISON_RADII
 ) -> list[dict]:
     """One row per label of ``runs`` (label -> its run folders, one per seed; each with ``certify/`` and,
-    where known, ``train_results.json``): ``name``, ``seeds``, ``num_examples``, ``certified_accuracy`` and
+    where known, ``train_results.json``): ``name``, ``seeds``, ``space`` (where the seeds' radii live, None
+    where not recorded; seeds of different spaces are a ValueError), ``num_examples``, ``certified_accuracy`` and
     ``acr`` (means over the seeds) with ``certified_accuracy_std`` and ``acr_std`` (sample standard
     deviations, None for one seed), ``trainable_parameters``, ``training_seconds`` and
     ``samples_per_second`` (certification throughput; means over the seeds; None where unknown)."""
@@ -39,10 +41,17 @@ def comparison_rows(
             key: [s["certified_accuracy"][key] for s in summaries] for key in summaries[0]["certified_accuracy"]
         }
         acr = [s["acr"] for s in summaries]
+        spaces = {s["space"] for s in summaries}
+        if len(spaces) > 1:
+            raise ValueError(
+                f"run {name!r}: its seeds certified in different spaces "
+                f"({', '.join(sorted(map(shown_space, spaces)))}), whose radii cannot be averaged"
+            )
         rows.append(
             {
                 "name": name,
                 "seeds": len(folders),
+                "space": spaces.pop(),
                 "num_examples": summaries[0]["num_examples"],
                 "certified_accuracy": {key: _mean(values) for key, values in accuracy.items()},
                 "certified_accuracy_std": {key: _std(values) for key, values in accuracy.items()},
@@ -58,9 +67,11 @@ def comparison_rows(
 
 
 def comparison_table(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_RADII, latex: bool = False) -> str:
-    """``comparison_rows`` as a Markdown table (or a LaTeX ``tabular`` with booktabs rules): method, trainable
-    parameters, training seconds, certification samples per second, certified accuracy (%) at ``radii`` and
-    ACR, ``mean ± std`` over seeds; the best mean of each accuracy and ACR column is marked (``*``, bold)."""
+    """``comparison_rows`` as a Markdown table (or a LaTeX ``tabular`` with booktabs rules): method, the space of
+    the radii (where any row records one), trainable parameters, training seconds, certification samples per
+    second, certified accuracy (%) at ``radii`` and ACR, ``mean ± std`` over seeds; the best mean of each
+    accuracy and ACR column among the rows of one space is marked (``*``, bold). Rows of several spaces get a
+    note under the table (a last row in LaTeX): their radii are not comparable."""
     keys = [f"{r:g}" for r in radii]
     columns: list[list[tuple[float | None, float | None]]] = [
         [
@@ -73,10 +84,13 @@ def comparison_table(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_R
         for k in keys
     ] + [[(row["acr"], row["acr_std"]) for row in rows]]
     digits = [1] * len(keys) + [3]
+    spaces = [row.get("space") for row in rows]
+    with_space = any(space is not None for space in spaces)
     cells = []
-    for row in rows:
+    for row, space in zip(rows, spaces):
         line = [
             row["name"] + (f" ({row['seeds']} seeds)" if row["seeds"] > 1 else ""),
+            *([shown_space(space)] if with_space else []),
             _number(row["trainable_parameters"], "{:,.0f}"),
             _number(row["training_seconds"], "{:.0f}"),
             _number(row["samples_per_second"], "{:.0f}"),
@@ -84,29 +98,31 @@ def comparison_table(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_R
         cells.append(line)
     for column, places in zip(columns, digits):
         means = [None if mean is None else round(mean, places) for mean, _ in column]
-        known = {m for m in means if m is not None}
-        best = max(known) if len(known) > 1 else None
-        for line, (mean, spread), rounded in zip(cells, column, means):
+        for line, (mean, spread), marked in zip(cells, column, best_within_space(means, spaces)):
             text = "—" if mean is None else f"{mean:.{places}f}" + ("" if spread is None else f" ± {spread:.{places}f}")
-            marked = rounded is not None and rounded == best
             line.append((f"\\textbf{{{text}}}" if marked else text) if latex else text + ("*" if marked else ""))
-    header = ["method", "trainable", "train s", "samples/s", *(f"r = {k}" for k in keys), "ACR"]
+    space_title = ["space"] if with_space else []
+    header = ["method", *space_title, "trainable", "train s", "samples/s", *(f"r = {k}" for k in keys), "ACR"]
+    several = several_spaces(spaces)
     if not latex:
         lines = [header, ["---"] * len(header), *cells]
-        return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
+        table = "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
+        return table + (f"\n\n{NOT_COMPARABLE}" if several else "")
     escape = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "±": r"$\pm$", "—": "---"}
     body = [" & ".join("".join(escape.get(ch, ch) for ch in cell) for cell in line) + " \\\\" for line in cells]
     return "\n".join(
         [
             "% certified accuracy (%) at l2 radius r (pixels in [0, 1]), mean ± std over seeds; "
             "needs \\usepackage{booktabs}",
-            "\\begin{tabular}{l" + "r" * 3 + "c" * (len(keys) + 1) + "}",
+            "\\begin{tabular}{l" + "l" * len(space_title) + "r" * 3 + "c" * (len(keys) + 1) + "}",
             "\\toprule",
-            " & ".join(["Method", "Trainable", "Train (s)", "Samples/s", *(f"$r = {k}$" for k in keys), "ACR"])
+            " & ".join(["Method", *(["Space"] if with_space else []), "Trainable", "Train (s)", "Samples/s",
+                        *(f"$r = {k}$" for k in keys), "ACR"])
             + " \\\\",
             "\\midrule",
             *body,
             "\\bottomrule",
+            *([f"\\multicolumn{{{len(header)}}}{{l}}{{\\footnotesize {NOT_COMPARABLE}}} \\\\"] if several else []),
             "\\end{tabular}",
         ]
     )
@@ -122,7 +138,8 @@ def write_comparison(
 ) -> str:
     """Write ``comparison.md``, ``comparison.tex``, ``comparison.json`` (rows and settings) and
     ``certified_accuracy.png`` (one curve per label; seeds pooled, which is the mean curve when every seed
-    certified the same images) into ``output_dir``. Returns the Markdown table."""
+    certified the same images; labelled by space too where the rows' radii live in several) into
+    ``output_dir``. Returns the Markdown table."""
     rows = comparison_rows(runs, radii)
     markdown = comparison_table(rows, radii)
     os.makedirs(output_dir, exist_ok=True)
@@ -130,8 +147,10 @@ def write_comparison(
         name: [row for f in folders for row in read_run(os.path.join(f, CERTIFY_DIR)).rows]
         for name, folders in runs.items()
     }
+    plotted = [row for row in rows if curves[row["name"]]]
+    labels = legend_labels([row["name"] for row in plotted], [row["space"] for row in plotted])
     plot_certified_accuracy(
-        {name: rows for name, rows in curves.items() if rows},
+        {label: curves[row["name"]] for label, row in zip(labels, plotted)},
         os.path.join(output_dir, "certified_accuracy.png"),
         title=title,
     )

@@ -17,6 +17,7 @@ from ..checks import is_number
 from ..files import atomic_path
 from .metrics import certified_accuracy_curve
 from .runs import Run
+from .spaces import legend_labels
 from .validation import read_checked_rows
 
 
@@ -95,13 +96,16 @@ def curve_styles(count: int) -> list[dict]:
 def plot_runs(
     runs: Sequence[Run], path: str | os.PathLike, *, max_radius: float | None = None, title: str | None = None
 ) -> None:
-    """``plot_certified_accuracy`` of every run with examples, labelled by name, into one figure at ``path``;
-    a run of 0 examples has no curve (a ``UserWarning`` says so); no run with examples is a ValueError."""
+    """``plot_certified_accuracy`` of every run with examples, labelled by name (and by space, when the runs'
+    radii live in several: ``spaces.legend_labels``), into one figure at ``path``; a run of 0 examples has no
+    curve (a ``UserWarning`` says so); no run with examples is a ValueError."""
     for run in runs:
         if not run.rows:
             message = f"run {run.name!r} has no examples ({run.tsv}): it has no curve in {os.fspath(path)}"
             warnings.warn(message, UserWarning, stacklevel=2)
-    curves = {run.name: run.rows for run in runs if run.rows}
+    shown = [run for run in runs if run.rows]
+    labels = legend_labels([run.name for run in shown], [run.space for run in shown])
+    curves = {label: run.rows for label, run in zip(labels, shown)}
     if not curves:
         raise ValueError(f"no run has examples to plot into {os.fspath(path)}: every TSV holds a header only")
     plot_certified_accuracy(curves, path, max_radius=max_radius, title=title)

@@ -13,6 +13,7 @@ import numpy as np
 from ..checks import is_number
 from ..files import read_json
 from .metrics import COMPARISON_RADII, check_radii, summarize
+from .spaces import recorded_space
 from .validation import read_checked_rows
 
 CERTIFY_TSV = "certify.tsv"
@@ -22,20 +23,23 @@ SUMMARY_JSON = "summary.json"
 @dataclass(frozen=True)
 class Run:
     """One certification run: its ``name`` (the table's label), the ``path`` it was given as, the ``tsv`` read,
-    its noise level ``sigma`` (l2, [0, 1] pixels; None where unknown: raw TSVs carry none) and its ``rows``
-    (``smoothing_hf.reporting.validation.read_checked_rows``; empty for a run of 0 examples)."""
+    its noise level ``sigma`` (l2, [0, 1] pixels; None where unknown: raw TSVs carry none), its ``rows``
+    (``smoothing_hf.reporting.validation.read_checked_rows``; empty for a run of 0 examples) and the ``space``
+    its radii live in (``"l2 in [0, 1] pixels of 32 x 32 x 3"``; None where unknown: older folders and raw
+    TSVs record none)."""
 
     name: str
     path: str
     tsv: str
     sigma: float | None
     rows: list[dict]
+    space: str | None = None
 
 
 def read_run(path: str | os.PathLike, name: str | None = None) -> Run:
-    """The run at ``path``: a certification output folder (its ``certify.tsv``; sigma from its ``summary.json``)
-    or a TSV file with Cohen's columns (sigma from a ``summary.json`` beside it only when the file is a
-    ``certify.tsv``). ``name`` defaults to ``run_label(path)``.
+    """The run at ``path``: a certification output folder (its ``certify.tsv``; sigma and space from its
+    ``summary.json``) or a TSV file with Cohen's columns (sigma and space from a ``summary.json`` beside it only
+    when the file is a ``certify.tsv``). ``name`` defaults to ``run_label(path)``.
 
     The rows are ``read_checked_rows``': a malformed line, a value no certification writes (a negative idx, say)
     or a row that contradicts itself or another (a repeated idx; correct = 1 with predict != label; an
@@ -56,14 +60,14 @@ def read_run(path: str | os.PathLike, name: str | None = None) -> Run:
             f"run {name!r}: {os.fspath(path)} does not exist; each path must be a certification output folder "
             "or a TSV file"
         )
-    settings: dict = {}
+    summary: dict = {}
     if os.path.basename(tsv) == CERTIFY_TSV:
-        recorded = read_json(os.path.join(os.path.dirname(tsv), SUMMARY_JSON), missing_ok=True).get("settings")
-        settings = recorded if isinstance(recorded, dict) else {}
+        summary = read_json(os.path.join(os.path.dirname(tsv), SUMMARY_JSON), missing_ok=True)
+    settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
     sigma = settings.get("sigma") if is_number(settings.get("sigma")) else None
     fixed_radius = settings.get("mode") == "fixed_radius" and is_number(settings.get("radius"))
     rows = read_checked_rows(tsv, tested_radius=settings["radius"] if fixed_radius else None)
-    return Run(name=str(name), path=os.fspath(path), tsv=tsv, sigma=sigma, rows=rows)
+    return Run(name=str(name), path=os.fspath(path), tsv=tsv, sigma=sigma, rows=rows, space=recorded_space(summary))
 
 
 def run_label(path: str | os.PathLike) -> str:
@@ -112,12 +116,12 @@ def read_runs(
 
 
 def summarize_run(run: Run, radii: Sequence[float] = COMPARISON_RADII) -> dict:
-    """A comparison row for ``run``: ``name``, ``path``, ``tsv``, ``sigma``, the ``summarize`` figures at ``radii``
-    (l2, [0, 1] pixels) and ``mean_samples``, the mean of a ``samples`` column (samples drawn per example)
-    where every row has one, else None. A run of 0 examples has ``num_examples`` 0 and every figure None
+    """A comparison row for ``run``: ``name``, ``path``, ``tsv``, ``sigma``, ``space``, the ``summarize`` figures
+    at ``radii`` (l2, [0, 1] pixels) and ``mean_samples``, the mean of a ``samples`` column (samples drawn per
+    example) where every row has one, else None. A run of 0 examples has ``num_examples`` 0 and every figure None
     (undefined, shown as a dash in the tables), not a division by zero."""
     check_radii(radii, "radii")
-    figures = {"name": run.name, "path": run.path, "tsv": run.tsv, "sigma": run.sigma}
+    figures = {"name": run.name, "path": run.path, "tsv": run.tsv, "sigma": run.sigma, "space": run.space}
     if not run.rows:
         undefined = dict.fromkeys(("acr", "abstain_rate", "clean_accuracy", "mean_samples"))
         return {**figures, "num_examples": 0, "certified_accuracy": dict.fromkeys(f"{r:g}" for r in radii), **undefined}

@@ -9,34 +9,41 @@ from ..files import write_text
 from .metrics import COMPARISON_RADII, check_summarized
 from .plots import plot_runs
 from .runs import read_runs, summarize_run
+from .spaces import NOT_COMPARABLE, best_within_space, several_spaces, shown_space
 
 REPORT_FILES = ("report.md", "report.tex", "certified_accuracy.png")
 
 
 def comparison_markdown(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_RADII) -> str:
-    """A Markdown table of ``compare_runs`` rows: sigma (where any run has one), examples n, certified accuracy
-    (%) at each of ``radii``, ACR, and mean samples per image (where any run has them); ``*`` follows the best
-    value of each accuracy and ACR column (all tied ones; none where every run has the same value); ``—``
-    stands for a value unknown (sigma of a raw TSV) or undefined (a run of 0 examples)."""
+    """A Markdown table of ``compare_runs`` rows: the space of the radii (where any run records one; ``unknown``
+    where a run does not), sigma (where any run has one), examples n, certified accuracy (%) at each of
+    ``radii``, ACR, and mean samples per image (where any run has them); ``*`` follows the best value of each
+    accuracy and ACR column among the runs of one space (all tied ones; none where they all have the same
+    value); ``—`` stands for a value unknown (sigma of a raw TSV) or undefined (a run of 0 examples). Runs of
+    several spaces get a note under the table: their radii are not comparable."""
     columns = _comparison_columns(rows, radii, "comparison_markdown")
     header = ["run", *(markdown for markdown, _, _ in columns)]
     cells = [[row["name"].replace("|", "\\|")] for row in rows]
     for _, _, column in columns:
         for line, (text, best) in zip(cells, column):
-            line.append("—" if text is None else text + ("*" if best else ""))
+            line.append("—" if text is None else text.replace("|", "\\|") + ("*" if best else ""))
     lines = [header, ["---"] * len(header), *cells]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+    table = "\n".join("| " + " | ".join(line) + " |" for line in lines)
+    return table + (f"\n\n{NOT_COMPARABLE}" if several_spaces([row.get("space") for row in rows]) else "")
 
 
 def comparison_latex(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_RADII) -> str:
     """A LaTeX ``tabular`` (booktabs rules) of ``compare_runs`` rows, the columns of ``comparison_markdown``;
-    the best value of each accuracy and ACR column is set in ``\\textbf{}``, unknown or undefined ones are ``---``."""
+    the best value of each accuracy and ACR column among the runs of one space is set in ``\\textbf{}``, unknown
+    or undefined ones are ``---``; runs of several spaces get ``comparison_markdown``'s note as a last row."""
     columns = _comparison_columns(rows, radii, "comparison_latex")
     cells = [[_latex_escape(row["name"])] for row in rows]
     for _, _, column in columns:
         for line, (text, best) in zip(cells, column):
-            line.append("---" if text is None else f"\\textbf{{{text}}}" if best else text)
+            escaped = None if text is None else _latex_escape(text)
+            line.append("---" if escaped is None else f"\\textbf{{{escaped}}}" if best else escaped)
     header = ["Run", *(latex for _, latex, _ in columns)]
+    note = [f"\\multicolumn{{{len(header)}}}{{l}}{{\\footnotesize {NOT_COMPARABLE}}} \\\\"]
     return "\n".join(
         [
             "% certified accuracy (%) at l2 radius r (pixels in [0, 1]); needs \\usepackage{booktabs}",
@@ -46,6 +53,7 @@ def comparison_latex(rows: Sequence[dict], radii: Sequence[float] = COMPARISON_R
             "\\midrule",
             *(" & ".join(line) + " \\\\" for line in cells),
             "\\bottomrule",
+            *(note if several_spaces([row.get("space") for row in rows]) else []),
             "\\end{tabular}",
         ]
     )
@@ -82,23 +90,23 @@ def _comparison_columns(
 ) -> list[tuple[str, str, list[tuple[str | None, bool]]]]:
     """The columns after the run's name, each (Markdown title, LaTeX title, cells); a cell is (text, best),
     text None where the value is unknown or undefined. Best: the largest rounded value of an accuracy or ACR
-    column where the runs' values differ."""
+    column among the runs of one space, where their values differ."""
     if not rows:
         raise ValueError(f"`rows` of {name} must hold at least one compare_runs row")
     for row in rows:
         check_summarized(row["certified_accuracy"], radii, f"rows ({row['name']!r})")
+    spaces = [row.get("space") for row in rows]
 
     def cells(values: list, text: str, ranked: bool = False) -> list[tuple[str | None, bool]]:
-        known = {value for value in values if value is not None}
-        best = max(known) if ranked and len(known) > 1 else None
-        return [
-            (None if value is None else text.format(value), value is not None and value == best) for value in values
-        ]
+        best = best_within_space(values, spaces) if ranked else [False] * len(values)
+        return [(None if value is None else text.format(value), marked) for value, marked in zip(values, best)]
 
     def rounded(values: list, scale: float, digits: int) -> list:
         return [None if value is None else round(scale * value, digits) for value in values]
 
     columns = []
+    if any(space is not None for space in spaces):
+        columns.append(("space", "Space", [(shown_space(space), False) for space in spaces]))
     if any(row.get("sigma") is not None for row in rows):
         columns.append(("sigma", "$\\sigma$", cells([row.get("sigma") for row in rows], "{:g}")))
     columns.append(("n", "$n$", cells([row["num_examples"] for row in rows], "{}")))
