@@ -215,6 +215,7 @@ def test_attack_and_gradcam_examples_end_to_end(tiny_vit_gray_dir, tmp_path):
     assert all(float(line.split("\t")[3]) <= 0.5 + 1e-6 for line in lines[1:])
     summary = json.loads((output / "summary.json").read_text())
     assert summary["num_examples"] == 3 and set(summary["gap"]) == {"0", "0.5"}
+    assert summary["space"] == "l2 in [0, 1] pixels of 28 x 28 x 1"  # where epsilon and the distances live
     assert os.path.isfile(output / "robustness.png") and os.path.isfile(output / "certify" / "certify.tsv")
 
     model = SmoothedImageClassifier.from_pretrained(tiny_vit_gray_dir, sigma=0.25, method="lora")

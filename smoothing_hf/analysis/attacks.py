@@ -37,6 +37,7 @@ from ..data import labelled_batch
 from ..files import read_rows, write_json, write_rows
 from ..modeling import SmoothedImageClassifier
 from ..noise import derive_seed
+from ..space import describe
 from .robustness import ROBUSTNESS_PLOT, plot_robustness, summarize_attack
 
 ATTACK_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -221,6 +222,8 @@ def attack_dataset(
         "num_dataset_examples": len(dataset),
         "model": {"base_model_name_or_path": model.config.base_model_name_or_path, "method": model.config.peft_method},
     }
+    shape = labelled_batch(dataset, selected[:1], model.num_labels, "the attack")[0].shape
+    settings["space"] = describe(shape[-2:], shape[1])  # where epsilon and the distances are measured
 
     rows = []
     group = max(1, batch_size // num_noise)
@@ -248,7 +251,7 @@ def attack_dataset(
     rows.sort(key=lambda row: (row["idx"], row["epsilon"]))
 
     summary = summarize_attack(rows, certified_rows)
-    summary["settings"] = settings
+    summary["settings"], summary["space"] = settings, settings["space"]
     os.makedirs(output_dir, exist_ok=True)
     write_rows(rows, os.path.join(output_dir, ATTACK_TSV), ATTACK_COLUMNS)
     write_json(summary, os.path.join(output_dir, "summary.json"))
