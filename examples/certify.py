@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
-from transformers import AutoConfig, HfArgumentParser, set_seed
+from transformers import HfArgumentParser, set_seed
 
 from smoothing_hf import (
     SMOOTHING_CONFIG_NAME,
@@ -35,8 +35,7 @@ from smoothing_hf import (
 from smoothing_hf.data import EvaluationDatasetArguments
 from smoothing_hf.hub import update_results
 from smoothing_hf.reporting import format_summary
-from smoothing_hf.space import choose_certify_size, model_input_size, native_size
-from smoothing_hf.transforms import load_image_processor
+from smoothing_hf.space import certify_size_for_base
 from smoothing_hf.weights_files import optional_file
 
 
@@ -109,11 +108,8 @@ def main() -> None:
     dataset = data_args.load_split()
     space = {}
     if optional_file(args.model_name_or_path, SMOOTHING_CONFIG_NAME, {}) is None:  # a base model smoothed here
-        base_size = model_input_size(
-            AutoConfig.from_pretrained(args.model_name_or_path), load_image_processor(args.model_name_or_path)
-        )
-        space["certify_size"], reason = choose_certify_size(args.certify_size or "native", native_size(dataset),
-                                                            base_size)
+        space["certify_size"], reason = certify_size_for_base(args.certify_size or "native", dataset,
+                                                              args.model_name_or_path)
         print(f"certification space: {reason}", flush=True)
     elif args.certify_size is not None:
         raise ValueError("--certify_size is for a base model: a saved smoothing model certifies in the space it was "

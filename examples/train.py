@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from smoothing_hf import (
     METHODS,
@@ -29,8 +29,7 @@ from smoothing_hf import (
     trainable_parameters,
 )
 from smoothing_hf.checks import parse_json_object
-from smoothing_hf.space import choose_certify_size, model_input_size, native_size
-from smoothing_hf.transforms import load_image_processor
+from smoothing_hf.space import certify_size_for_base
 
 
 @dataclass
@@ -71,11 +70,9 @@ def main() -> None:
     set_seed(training_args.seed)  # before the model is built: a new head and the adapter start from random weights
 
     dataset = data_args.load()
-    base_size = model_input_size(
-        AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision),
-        load_image_processor(model_args.model_name_or_path, revision=model_args.model_revision),
+    certify_size, reason = certify_size_for_base(
+        model_args.certify_size, dataset["train"], model_args.model_name_or_path, revision=model_args.model_revision
     )
-    certify_size, reason = choose_certify_size(model_args.certify_size, native_size(dataset["train"]), base_size)
     print(f"certification space: {reason}", flush=True)
     model = SmoothedImageClassifier.from_pretrained(
         model_args.model_name_or_path,

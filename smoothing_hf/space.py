@@ -128,3 +128,18 @@ def choose_certify_size(
     return native, (f"certifying at the dataset's native size {native[0]} x {native[1]}; the model's forward "
                     f"upsamples the noisy images to its input size {model_size} (--certify_size model to "
                     "certify there instead)")
+
+
+def certify_size_for_base(
+    option: str, dataset: Any, name_or_path: str, image_column: str = "image", **hub_kwargs: Any
+) -> tuple[list[int] | None, str]:
+    """``choose_certify_size`` for the base model ``name_or_path`` (Hub id or folder; ``hub_kwargs`` such as
+    ``revision`` go to its config and processor) and the images of ``dataset``."""
+    from transformers import AutoConfig
+
+    from .transforms import load_image_processor
+
+    base_size = model_input_size(
+        AutoConfig.from_pretrained(name_or_path, **hub_kwargs), load_image_processor(name_or_path, **hub_kwargs)
+    )
+    return choose_certify_size(option, native_size(dataset, image_column), base_size)

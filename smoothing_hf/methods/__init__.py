@@ -54,25 +54,22 @@ class Architectures:
     unfit: Callable[[PreTrainedModel], str | None]
 
 
-def _unfit_for_peft(model: PreTrainedModel) -> str | None:
-    try:
-        adaptable_layers(model)
-    except ValueError as error:
-        return str(error)
-    return None
+def _unfit_unless(check: Callable[[PreTrainedModel], Any]) -> Callable[[PreTrainedModel], str | None]:
+    """An ``Architectures.unfit`` from a ``check(model)`` that raises a ValueError saying why it does not fit."""
 
+    def unfit(model: PreTrainedModel) -> str | None:
+        try:
+            check(model)
+        except ValueError as error:
+            return str(error)
+        return None
 
-def _unfit_for_head_training(model: PreTrainedModel) -> str | None:
-    try:
-        head_module_names(model)
-    except ValueError as error:
-        return str(error)
-    return None
+    return unfit
 
 
 ANY_CLASSIFIER = Architectures("any image classifier", lambda model: None)
-PEFT_LAYERS = Architectures("linear or ungrouped convolutional layers in the backbone", _unfit_for_peft)
-CLASSIFICATION_HEAD = Architectures("a classification head outside the backbone", _unfit_for_head_training)
+PEFT_LAYERS = Architectures("linear or ungrouped convolutional layers in the backbone", _unfit_unless(adaptable_layers))
+CLASSIFICATION_HEAD = Architectures("a classification head outside the backbone", _unfit_unless(head_module_names))
 TRANSFORMER_BACKBONE = Architectures(
     "a transformer backbone (attention and MLP sublayers of linear layers)", unfit_for_adapters
 )
