@@ -32,7 +32,7 @@ COMMON="--report_to none --save_strategy no --logging_steps 50 --dataloader_num_
   --output_dir "$RESNET" --num_train_epochs 3 --per_device_train_batch_size 32 --per_device_eval_batch_size 250 \
   --learning_rate 1e-3 --warmup_steps 100 --lr_scheduler_type cosine --eval_strategy no $COMMON
 [ -n "${DDPM_GIVEN:-}" ] || [ -f "$DDPM/model_index.json" ] || python examples/train_ddpm.py --model_name_or_path "$VIT" --dataset_name embedded:mnist \
-  --output_dir "$DDPM" --width 16 --batch_size 32 --max_seconds 480 --max_sigma 0.5 --eval_sigmas 0.25,0.5
+  --output_dir "$DDPM" --width 16 --batch_size 32 --max_steps 6000 --max_sigma 0.5 --eval_sigmas 0.25,0.5
 
 ENCODER=""
 for CONFIG in $CONFIGS; do

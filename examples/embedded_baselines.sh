@@ -27,7 +27,7 @@ done
 
 echo "== DDPM on the clean training digits =="
 python examples/train_ddpm.py --model_name_or_path "$BASE" --dataset_name embedded:mnist --output_dir "$OUT/ddpm-mnist" \
-  --width 16 --batch_size 32 --max_seconds ${DDPM_SECONDS:-480} --max_sigma 0.5 --eval_sigmas 0.25,0.5
+  --width 16 --batch_size 32 --max_steps ${DDPM_STEPS:-6000} --max_sigma 0.5 --eval_sigmas 0.25,0.5
 
 echo "== diffusion denoised smoothing, sigma=$SIGMA =="
 python examples/train_denoiser.py --model_name_or_path "$BASE" --dataset_name embedded:mnist --denoiser diffusion \

@@ -329,6 +329,12 @@ def test_the_denoiser_examples_train_a_ddpm_and_both_denoisers(tiny_vit_gray_dir
                 "--max_sigma", 0.5)
     ddpm = json.loads((tmp_path / "ddpm" / "train_results.json").read_text())
     assert ddpm["steps"] == 2 and ddpm["max_timestep"] == 258 and ddpm["denoising_mse"]["0.25"]["timestep"] == 144
+    # The same command gives the same weights: training stops after a number of steps, not of seconds.
+    run_example("train_ddpm.py", "--model_name_or_path", tiny_vit_gray_dir, "--dataset_name", "embedded:digits",
+                "--output_dir", tmp_path / "ddpm-again", "--width", 8, "--max_steps", 2, "--batch_size", 8,
+                "--max_sigma", 0.5)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "ddpm" / weights).read_bytes() == (tmp_path / "ddpm-again" / weights).read_bytes()
     for denoiser, extra in (("dncnn", ["--objective", "stability", "--denoiser_options", '{"depth": 3, "width": 4}']),
                             ("diffusion", ["--diffusion_model", tmp_path / "ddpm"])):
         run_example("train_denoiser.py", "--model_name_or_path", tiny_vit_gray_dir, "--dataset_name", "embedded:digits",
