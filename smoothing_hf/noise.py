@@ -13,6 +13,7 @@ Seeds are mixed with ``numpy.random.SeedSequence`` so that nearby integers give 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -66,6 +67,52 @@ def noise_chunk(
     if out is None:
         out = torch.empty((size, *shape), device=device)
     return out.normal_(0.0, sigma, generator=generator)
+
+
+def noisy_batches(
+    images: torch.Tensor, work: list[tuple[int, int, int, int]], phase: Phase, batch_size: int, sigma: float
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (noisy [b, C, H, W], work item index [b]) forward batches of at most ``batch_size`` samples.
+
+    ``work`` lists items (image index into ``images`` [B, C, H, W], stream seed, chunk index, chunk size);
+    each chunk is drawn by ``noise_chunk`` straight into a reused batch buffer (split across two batches
+    when it straddles a boundary), so the draws are the same whatever the batch size and the packing.
+    The buffer is reused: consume each batch before asking for the next.
+    """
+    shape = tuple(images.shape[1:])
+    device = images.device
+    buffer = torch.empty((min(batch_size, sum(w[3] for w in work)), *shape), device=device)
+    pieces: list[tuple[int, int]] = []  # (work item, samples of it) in buffer order
+    filled = 0
+    for item, (owner, seed, chunk, size) in enumerate(work):
+        if size <= len(buffer) - filled:  # common case: draw the chunk straight into the batch buffer
+            chunk_view = buffer[filled : filled + size]
+            noise_chunk(seed, phase, chunk, size, shape, sigma, device, out=chunk_view).add_(images[owner])
+            pieces.append((item, size))
+            filled += size
+        else:  # the chunk straddles a batch boundary: draw it whole, copy it in pieces
+            noise = noise_chunk(seed, phase, chunk, size, shape, sigma, device)
+            start = 0
+            while start < size:
+                take = min(size - start, len(buffer) - filled)
+                torch.add(noise[start : start + take], images[owner], out=buffer[filled : filled + take])
+                pieces.append((item, take))
+                filled += take
+                start += take
+                if filled == len(buffer) and start < size:
+                    yield buffer, _expand(pieces, device)
+                    pieces, filled = [], 0
+        if filled == len(buffer):
+            yield buffer, _expand(pieces, device)
+            pieces, filled = [], 0
+    if filled:
+        yield buffer[:filled], _expand(pieces, device)
+
+
+def _expand(pieces: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """Expand (work item, count) runs into one work item index per sample."""
+    items, counts = zip(*pieces)
+    return torch.repeat_interleave(torch.tensor(items, device=device), torch.tensor(counts, device=device))
 
 
 class NoiseCollator:

@@ -8,7 +8,12 @@ import torch
 from scipy.stats import binom, norm
 
 from smoothing_hf import ABSTAIN, Smoother, clopper_pearson_lower
-from smoothing_hf.certification import clopper_pearson_bounds, largest_certifiable_radius, sample_schedule
+from smoothing_hf.certification import (
+    CONFIDENCE_SEQUENCES,
+    clopper_pearson_bounds,
+    largest_certifiable_radius,
+    sample_schedule,
+)
 from smoothing_hf.noise import NOISE_CHUNK_SIZE
 
 SIGMA = 0.25
@@ -36,7 +41,8 @@ def test_one_sided_bounds_are_the_exact_clopper_pearson_bounds():
     assert upper[-1] == 1.0
 
 
-def test_fixed_radius_decisions_are_sound_where_the_true_radius_is_just_below(linear_boundary):
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_fixed_radius_decisions_are_sound_where_the_true_radius_is_just_below(linear_boundary, confidence):
     """At distance 0.2499 the true radius is just below r = 0.25 (p_A < Phi(r / sigma)): certifying is an
     error, allowed with probability alpha per point. Testing each of the K = 6 rounds at the full alpha
     instead of alpha / K fails this test (measured: 67 errors where 35 are allowed; 12 with alpha / K)."""
@@ -52,6 +58,7 @@ def test_fixed_radius_decisions_are_sound_where_the_true_radius_is_just_below(li
         batch_size=8192,
         seed=11,
         growth=2.0,
+        confidence=confidence,
     )
     certified = np.array([d.certified for d in decisions])
     assert certified.sum() <= binom.ppf(0.999, points, alpha)
@@ -62,7 +69,8 @@ def test_fixed_radius_certifies_far_points_with_few_samples_and_refutes_near_one
     smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
     distances = np.array([-0.8, -0.5, 0.5, 0.8, 0.02, -0.05])
     decisions = smoother.certify_at_radius(
-        images_at(linear_boundary, distances), 0.25, n0=100, max_n=100_000, alpha=0.001, batch_size=4096, seed=2
+        images_at(linear_boundary, distances), 0.25, n0=100, max_n=100_000, alpha=0.001, batch_size=4096, seed=2,
+        confidence="bonferroni",
     )
     assert [d.certified for d in decisions] == [True, True, True, True, False, False]
     assert [d.prediction for d in decisions[:4]] == [0, 0, 1, 1]
@@ -72,11 +80,12 @@ def test_fixed_radius_certifies_far_points_with_few_samples_and_refutes_near_one
     assert all(d.samples == 100 + 128 for d in decisions[4:])
 
 
-def test_fixed_radius_decisions_do_not_depend_on_batch_size_or_batching(linear_boundary):
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_fixed_radius_decisions_do_not_depend_on_batch_size_or_batching(linear_boundary, confidence):
     smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
     distances = np.linspace(-0.4, 0.4, 9)
     images = images_at(linear_boundary, distances)
-    kwargs = dict(n0=50, max_n=5000, alpha=0.01, seed=4)
+    kwargs = dict(n0=50, max_n=5000, alpha=0.01, seed=4, confidence=confidence)
     batched = smoother.certify_at_radius(images, 0.2, batch_size=4096, **kwargs)
     assert smoother.certify_at_radius(images, 0.2, batch_size=100, **kwargs) == batched
     seeds = [derived for derived in _derived_seeds(4, len(images))]
@@ -87,27 +96,34 @@ def test_fixed_radius_decisions_do_not_depend_on_batch_size_or_batching(linear_b
     assert alone == batched
 
 
-def test_all_rounds_draw_the_noise_of_fixed_n_certification(linear_boundary):
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_all_rounds_draw_the_noise_of_fixed_n_certification(linear_boundary, confidence):
     """An undecided image draws, over its rounds, exactly the max_n estimation samples ``certify`` draws
     with n = max_n: at d = 0.25 and r = 0.25 nothing is settled before the end."""
     smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
     image = linear_boundary.image_at(0.25)
-    decision = smoother.certify_at_radius(image, 0.25, n0=100, max_n=3000, alpha=0.001, batch_size=512, seed=5)
+    decision = smoother.certify_at_radius(
+        image, 0.25, n0=100, max_n=3000, alpha=0.001, batch_size=512, seed=5, confidence=confidence
+    )
     assert decision.samples == 3100
-    adaptive = smoother.certify(image, n0=100, n=3000, alpha=0.001, batch_size=512, seed=5, tolerance=1e-9)
+    adaptive = smoother.certify(
+        image, n0=100, n=3000, alpha=0.001, batch_size=512, seed=5, tolerance=1e-9, confidence="bonferroni"
+    )
     fixed = smoother.certify(image, n0=100, n=3000, alpha=0.001, batch_size=512, seed=5)
     assert adaptive.samples == fixed.samples == 3100
     assert adaptive.count == fixed.count and adaptive.selection_count == fixed.selection_count
 
 
-def test_adaptive_radius_is_sound_on_the_linear_classifier(linear_boundary):
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_adaptive_radius_is_sound_on_the_linear_classifier(linear_boundary, confidence):
     """The adaptive certificate may exceed the true radius |d| (or name the wrong class) only with
     probability alpha per point, whatever round it stopped at."""
     smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
     alpha, points = 0.05, 300
     distances = np.linspace(-0.6, 0.6, points)
     certificates = smoother.certify(
-        images_at(linear_boundary, distances), n0=64, n=8192, alpha=alpha, batch_size=8192, seed=7, tolerance=0.01
+        images_at(linear_boundary, distances), n0=64, n=8192, alpha=alpha, batch_size=8192, seed=7, tolerance=0.01,
+        confidence=confidence,
     )
     truth = (distances > 0).astype(int)
     predictions = np.array([c.prediction for c in certificates])
@@ -123,9 +139,10 @@ def test_adaptive_radius_is_sound_on_the_linear_classifier(linear_boundary):
 def test_adaptive_stops_early_when_more_samples_would_not_pay(linear_boundary):
     smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
     images = images_at(linear_boundary, [0.1, 1.8])
-    coarse = smoother.certify(images, n0=100, n=100_000, alpha=0.001, batch_size=4096, seed=8, tolerance=1.0)
+    kwargs = dict(n0=100, n=100_000, alpha=0.001, batch_size=4096, seed=8, confidence="bonferroni")
+    coarse = smoother.certify(images, tolerance=1.0, **kwargs)
     assert [c.samples for c in coarse] == [228, 228]  # no next round can add a whole radius of 1.0
-    fine = smoother.certify(images, n0=100, n=100_000, alpha=0.001, batch_size=4096, seed=8, tolerance=0.02)
+    fine = smoother.certify(images, tolerance=0.02, **kwargs)
     # Far from the boundary every draw agrees and each round still raises the radius by more than 0.02.
     assert fine[1].samples == 100_100
     assert fine[1].radius == pytest.approx(SIGMA * norm.ppf((0.001 / 6) ** (1 / 100_000)))
@@ -133,10 +150,11 @@ def test_adaptive_stops_early_when_more_samples_would_not_pay(linear_boundary):
     assert fine[0].samples < 10_000 and fine[0].prediction == 1 and 0 < fine[0].radius <= 0.1
 
 
-def test_adaptive_certificates_do_not_depend_on_batch_size(linear_boundary):
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_adaptive_certificates_do_not_depend_on_batch_size(linear_boundary, confidence):
     smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
     images = images_at(linear_boundary, np.linspace(-0.5, 0.5, 7))
-    kwargs = dict(n0=50, n=5000, alpha=0.01, seed=9, tolerance=0.02)
+    kwargs = dict(n0=50, n=5000, alpha=0.01, seed=9, tolerance=0.02, confidence=confidence)
     assert smoother.certify(images, batch_size=64, **kwargs) == smoother.certify(images, batch_size=5000, **kwargs)
 
 

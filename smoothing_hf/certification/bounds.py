@@ -53,13 +53,3 @@ def largest_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
     n, alpha, sigma = check_positive_int(n, "n"), check_alpha(alpha), check_sigma(sigma)
     return float(radius_from_bound(clopper_pearson_lower(n, n, alpha), sigma))
 
-
-def projected_radius(
-    successes: np.ndarray, trials: np.ndarray, next_trials: int, alpha: float, sigma: float
-) -> np.ndarray:
-    """The radius the next round (``next_trials`` samples in all) would certify if the observed share of
-    top-class samples stayed the same: the stopping rule of adaptive certification compares it with the
-    radius certified so far. (A heuristic for when to stop; the guarantee does not depend on it.)"""
-    share = np.asarray(successes, dtype=float) / np.asarray(trials, dtype=float)
-    lower, _ = clopper_pearson_bounds(share * next_trials, np.full_like(share, next_trials), alpha)
-    return radius_from_bound(lower, sigma)

@@ -1,16 +1,18 @@
 """What certification answers, and how the answers follow from class counts (no sampling here).
 
-``Certificate`` (CERTIFY), ``RadiusDecision`` (a test at one radius) and the decisions of Cohen's PREDICT
-and CERTIFY from [B, K] class counts. ABSTAIN is -1, with radius 0.0.
+``Certificate`` (CERTIFY), ``RadiusDecision`` (a test at one radius), ``RadiiDecision`` (at several) and the
+decisions of Cohen's PREDICT and CERTIFY from [B, K] class counts. ABSTAIN is -1, with radius 0.0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 from scipy.stats import binomtest
 
+from ..checks import check_number
 from .bounds import clopper_pearson_lower, radius_from_bound
 
 ABSTAIN = -1
@@ -52,6 +54,33 @@ class RadiusDecision(NamedTuple):
     """Whether p_A >= Phi(radius / sigma) was established: robust at the radius asked about."""
     samples: int
     """Noisy forward passes spent on this image, the n0 selection draws included."""
+
+
+class RadiiDecision(NamedTuple):
+    """``Smoother.certify_at_radii``'s answer for one image.
+
+    With probability at least 1 - alpha over the noise, every True in ``certified`` is right at once: the
+    smoothed classifier predicts ``prediction`` for every input within l2 distance ``radii[j]`` of the image.
+    """
+
+    prediction: int
+    """The smoothed classifier's class (p_A > 1/2 established), or ``ABSTAIN`` (-1)."""
+    certified: tuple[bool, ...]
+    """One per radius asked about, in its order: whether p_A >= Phi(radius / sigma) was established."""
+    samples: int
+    """Noisy forward passes spent on this image, the n0 selection draws included."""
+
+
+def check_radii_to_test(radii: Sequence[float], name: str = "radii") -> list[float]:
+    """``radii`` as a list of floats, if it is a non-empty sequence of distinct finite l2 radii >= 0 ([0, 1]
+    pixel units; any order)."""
+    if isinstance(radii, (str, bytes)) or not isinstance(radii, Sequence) or not len(radii):
+        raise ValueError(f"`{name}` must be a non-empty sequence of l2 radii >= 0 (pixels in [0, 1]), got {radii!r}")
+    values = [check_number(r, f"{name}[{i}]", minimum=0, unit="l2, pixels in [0, 1]") for i, r in enumerate(radii)]
+    repeated = sorted({r for r in values if values.count(r) > 1})
+    if repeated:
+        raise ValueError(f"`{name}` must not repeat a radius, got {repeated} more than once in {list(radii)}")
+    return values
 
 
 def predictions_from_counts(counts: np.ndarray, alpha: float) -> list[int]:

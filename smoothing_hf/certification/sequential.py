@@ -1,22 +1,27 @@
-"""Sample-efficient certification: testing in rounds, with the (1 - alpha) guarantee kept.
+"""Sample-efficient certification: sequential tests with the (1 - alpha) guarantee kept.
 
-Estimation samples are drawn in rounds whose cumulative sizes follow a fixed geometric schedule
-n_1 < n_2 < ... < n_K = max_n (``sample_schedule``). After round k, the one-sided Clopper-Pearson bounds
-of p_A from the n_k samples so far are taken at level alpha / K. By the union bound, with probability at
-least 1 - alpha every one of the K lower bounds is below p_A at once (likewise the upper bounds above it),
-whatever rule decides when to stop. So a decision taken at any round, or a certificate built from the
-largest lower bound seen, keeps the guarantee of Cohen's fixed-n CERTIFY.
+After the n0 selection draws choose cA, estimation draws continue each image's noise stream and a
+confidence sequence for p_A (``confidence.py``) is read at its checkpoints; a mode's stop rule looks at the
+bounds and says when an image is decided. The bounds hold at all checkpoints at once with probability
+>= 1 - alpha, so every decision keeps the guarantee of Cohen's fixed-n CERTIFY whenever it is taken.
 
-Why this scheme (a Bonferroni split over a fixed schedule): it is exact (Clopper-Pearson, no asymptotics),
-needs nothing but beta quantiles, and its price is small: splitting alpha over K = 6 rounds turns
-log(1 / alpha) = 6.9 into log(K / alpha) = 8.7 at alpha = 0.001, i.e. about a quarter more samples for the
-same bound, while an easy input stops after the first round of 128 samples instead of drawing 100,000.
-Betting confidence sequences (Voracek, 2024; Waudby-Smith and Ramdas, 2023) pay a comparable
-0.5 log(pi n) where all samples agree; they win on inputs near the decision threshold, where a test
-that may stop after every sample needs fewer of them.
+Three modes share one scheduler (``estimate_sequentially``):
 
-The functions here take the sampler of a ``Smoother`` (``Smoother.sample_counts``) and checked inputs;
-``Smoother.certify_at_radius`` and ``Smoother.certify(..., tolerance=...)`` are their public form.
+- ``certify_at_radius``: is p_A >= Phi(r / sigma) at one radius r;
+- ``certify_at_radii``: the same at several radii from one sequence: an image stops once every threshold is
+  decided (its interval straddles none of them);
+- ``certify_adaptive``: Cohen's radius from the largest lower bound seen, stopping once looking further
+  would raise the radius by less than a tolerance.
+
+The scheduler keeps forward batches full: every step gives each undecided image the draws up to its next
+checkpoint, and when that is less than a whole batch it hands the rest out as draws beyond the next
+checkpoint (images of different stages packed into one batch). Decisions are then read checkpoint by
+checkpoint; an image's draws past the checkpoint where it stopped are discarded. So the answers and the
+``samples`` counted are functions of each image's noise stream alone, whatever the batch size; only the
+wall time depends on the packing.
+
+The functions take the chunk sampler of a ``Smoother`` (``Smoother.chunk_counts``) and checked inputs;
+``Smoother.certify_at_radius``, ``certify_at_radii`` and ``certify(..., tolerance=...)`` are their public form.
 """
 
 from __future__ import annotations
@@ -27,136 +32,154 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..checks import check_number, check_positive_int
 from ..noise import NOISE_CHUNK_SIZE, Phase, chunk_sizes
-from .bounds import clopper_pearson_bounds, projected_radius, radius_from_bound, radius_threshold
-from .certificates import ABSTAIN, Certificate, RadiusDecision
+from .bounds import radius_from_bound, radius_threshold
+from .certificates import ABSTAIN, Certificate, RadiiDecision, RadiusDecision
+from .confidence import ConfidenceSequence
 
-CountSampler = Callable[..., np.ndarray]
-"""``Smoother.sample_counts(images, seeds, phase, num_samples, batch_size, chunks=None)``: [B, K] counts."""
+ChunkSampler = Callable[..., list]
+"""``Smoother.chunk_counts(images, seeds, phase, num_samples, batch_size, chunks)``: per image, [len(chunks_i), K]
+class counts of the given chunks of its stream."""
 StopRule = Callable[[np.ndarray, np.ndarray, int, bool], np.ndarray]
-"""``stop(active image indices, their top-class counts, samples so far, is last round)``: which stop now."""
+"""``stop(image indices, their top-class counts, draws so far, is the last checkpoint)``: which are decided."""
 
 
-def sample_schedule(max_n: int, first: int = NOISE_CHUNK_SIZE, growth: float = 4.0) -> list[int]:
-    """Cumulative estimation sample counts after each round: ``first``, then growing ``growth``-fold, up to
-    ``max_n``. Every count but the last is a multiple of the noise chunk size, so each round continues the
-    example's noise stream where the previous one stopped and all rounds together draw exactly the
-    ``max_n`` samples that fixed-n certification would.
-
-    >>> sample_schedule(100_000)
-    [128, 512, 2048, 8192, 32768, 100000]
-    """
-    max_n = check_positive_int(max_n, "max_n")
-    growth = check_number(growth, "growth", minimum=1, strict_minimum=True)
-    first = check_positive_int(first, "first")
-    schedule = []
-    size = _round_up_to_chunk(first)
-    while size < max_n:
-        schedule.append(size)
-        size = max(_round_up_to_chunk(math.ceil(size * growth)), size + NOISE_CHUNK_SIZE)
-    return [*schedule, max_n]
-
-
-def certify_at_radius(
-    sample_counts: CountSampler, sigma: float, images: torch.Tensor, seeds: Sequence[int], radius: float, *,
-    n0: int, max_n: int, alpha: float, batch_size: int, growth: float,
-) -> list[RadiusDecision]:
-    """``Smoother.certify_at_radius`` on checked inputs: after each of the K rounds, the one-sided
-    Clopper-Pearson bounds of p_A at level alpha / K are compared with p* = Phi(radius / sigma); an image
-    stops as certified once the lower bound reaches p*, as not certified once the upper bound falls below
-    p*, or after ``max_n`` draws."""
-    threshold = radius_threshold(radius, sigma)
-    schedule = sample_schedule(max_n, growth=growth)
-    level = alpha / len(schedule)
-    certified = np.zeros(len(images), dtype=bool)
-    predicted = np.zeros(len(images), dtype=bool)
+def certify_at_radii(
+    sample_chunks: ChunkSampler, sigma: float, images: torch.Tensor, seeds: Sequence[int], radii: Sequence[float],
+    *, n0: int, batch_size: int, sequence: ConfidenceSequence,
+) -> list[RadiiDecision]:
+    """``Smoother.certify_at_radii`` on checked inputs: at each checkpoint, a threshold p*_j = Phi(r_j / sigma)
+    is certified once the lower bound reaches it and refuted once the upper bound is under it; an image stops
+    when each of its thresholds is one or the other, or at max_n."""
+    thresholds = np.array([radius_threshold(r, sigma) for r in radii] + [0.5])  # the last: is cA established
+    certified = np.zeros((len(images), len(thresholds)), dtype=bool)
+    refuted = np.zeros_like(certified)
 
     def stop(active: np.ndarray, count_a: np.ndarray, trials: int, last: bool) -> np.ndarray:
-        lower, upper = clopper_pearson_bounds(count_a, np.full(len(count_a), trials), level)
-        certified[active] = lower >= threshold
-        predicted[active] = lower >= 0.5
-        return certified[active] | (upper < threshold) | last
+        above, below = sequence.decide(count_a, trials, thresholds)
+        certified[active] |= above
+        refuted[active] |= below & ~certified[active]
+        return (certified[active, :-1] | refuted[active, :-1]).all(axis=1) | last
 
-    selection, _, used = estimate_in_rounds(sample_counts, images, seeds, n0, schedule, batch_size, stop)
-    top = selection.argmax(axis=1)
+    top, _, _, used = estimate_sequentially(sample_chunks, images, seeds, n0, sequence, batch_size, stop)
     return [
-        RadiusDecision(int(top[i]) if predicted[i] else ABSTAIN, bool(certified[i]), int(n0 + used[i]))
+        RadiiDecision(
+            int(top[i]) if certified[i, -1] else ABSTAIN, tuple(bool(c) for c in certified[i, :-1]), int(n0 + used[i])
+        )
         for i in range(len(images))
     ]
 
 
+def certify_at_radius(
+    sample_chunks: ChunkSampler, sigma: float, images: torch.Tensor, seeds: Sequence[int], radius: float, *,
+    n0: int, batch_size: int, sequence: ConfidenceSequence,
+) -> list[RadiusDecision]:
+    """``Smoother.certify_at_radius`` on checked inputs: ``certify_at_radii`` at the one radius."""
+    decisions = certify_at_radii(
+        sample_chunks, sigma, images, seeds, [radius], n0=n0, batch_size=batch_size, sequence=sequence
+    )
+    return [RadiusDecision(d.prediction, d.certified[0], d.samples) for d in decisions]
+
+
 def certify_adaptive(
-    sample_counts: CountSampler, sigma: float, images: torch.Tensor, seeds: Sequence[int], *,
-    n0: int, max_n: int, alpha: float, batch_size: int, tolerance: float, growth: float,
+    sample_chunks: ChunkSampler, sigma: float, images: torch.Tensor, seeds: Sequence[int], *,
+    n0: int, batch_size: int, tolerance: float, sequence: ConfidenceSequence,
 ) -> list[Certificate]:
-    """``Smoother.certify`` with a ``tolerance``, on checked inputs: estimation draws come in the rounds of
-    ``certify_at_radius``; after each of the K rounds the one-sided Clopper-Pearson lower bound of p_A at
-    level alpha / K is taken, and the certificate uses the largest of them so far (all K hold at once with
-    probability >= 1 - alpha, so the certificate is as valid as fixed-n CERTIFY's). An image stops once the
-    next round, at its current share of top-class draws, would raise its radius by less than ``tolerance``,
-    once its upper bound falls below 1/2 (it will abstain), or after ``max_n`` draws."""
-    schedule = sample_schedule(max_n, growth=growth)
-    level = alpha / len(schedule)
+    """``Smoother.certify`` with a ``tolerance``, on checked inputs: the certificate uses the largest lower
+    bound of p_A seen at any checkpoint (all hold at once with probability >= 1 - alpha, so it is as valid as
+    fixed-n CERTIFY's). An image stops once the sequence's next look (``sequence.horizon``), at its current
+    share of top-class draws, would raise its radius by less than ``tolerance``, once its upper bound falls
+    below 1/2 (it will abstain), or at max_n."""
     best = np.zeros(len(images))
 
     def stop(active: np.ndarray, count_a: np.ndarray, trials: int, last: bool) -> np.ndarray:
-        lower, upper = clopper_pearson_bounds(count_a, np.full(len(count_a), trials), level)
+        lower, upper = sequence.bounds(count_a, trials)
         best[active] = np.maximum(best[active], lower)
-        if last:
+        horizon = sequence.horizon(trials)
+        if last or horizon is None:
             return np.ones(len(active), dtype=bool)
-        next_trials = schedule[schedule.index(trials) + 1]
-        gain = projected_radius(count_a, np.full(len(count_a), trials), next_trials, level, sigma)
-        gain = gain - radius_from_bound(best[active], sigma)
+        projected, _ = sequence.bounds(count_a / trials * horizon, horizon)
+        gain = radius_from_bound(projected, sigma) - radius_from_bound(best[active], sigma)
         return (upper < 0.5) | (gain < tolerance)
 
-    selection, counts, used = estimate_in_rounds(sample_counts, images, seeds, n0, schedule, batch_size, stop)
-    top = selection.argmax(axis=1)
+    top, selection, counts, used = estimate_sequentially(sample_chunks, images, seeds, n0, sequence, batch_size, stop)
     radii = radius_from_bound(best, sigma)
     return [
         Certificate(
             prediction=int(top[i]) if best[i] >= 0.5 else ABSTAIN, radius=float(radii[i]), pa_lower=float(best[i]),
-            count=int(counts[i]), selection_count=int(selection[i, top[i]]), samples=int(n0 + used[i]),
+            count=int(counts[i]), selection_count=int(selection[i]), samples=int(n0 + used[i]),
         )
         for i in range(len(images))
     ]
 
 
-def estimate_in_rounds(
-    sample_counts: CountSampler,
+def estimate_sequentially(
+    sample_chunks: ChunkSampler,
     images: torch.Tensor,
     seeds: Sequence[int],
     n0: int,
-    schedule: list[int],
+    sequence: ConfidenceSequence,
     batch_size: int,
     stop: StopRule,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Selection, then estimation rounds for the images still undecided, until ``stop`` ends them all.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Selection, then estimation draws read at ``sequence.checkpoints`` until ``stop`` decides every image.
 
-    Round k draws noise chunks [n_(k-1) / 128, n_k / 128) of each active image's estimation stream of
-    length ``schedule[-1]``, so an image's draws do not depend on the other images or the batch size.
-    Returns the selection counts [B, K], top-class estimation counts [B] and estimation samples drawn [B].
+    ``stop`` sees each image's checkpoints in order, and all images at one checkpoint in one call. Returns the
+    selected class cA [B], its selection count [B], the top-class estimation count at each image's stopping
+    checkpoint [B] and the estimation draws to it [B]. Image i's estimation draws are the chunks of its stream
+    of length max_n (``sequence.checkpoints[-1]``), so they depend neither on the other images nor on the
+    batch size.
     """
-    selection = sample_counts(images, seeds, Phase.SELECTION, n0, batch_size)
+    max_n, last = sequence.checkpoints[-1], len(sequence.checkpoints) - 1
+    num_chunks = len(chunk_sizes(max_n))
+    checkpoint_chunks = [len(chunk_sizes(c)) for c in sequence.checkpoints]  # chunks drawn at each checkpoint
+    selection_chunks = [range(len(chunk_sizes(n0)))] * len(images)
+    selection_counts = sample_chunks(images, seeds, Phase.SELECTION, n0, batch_size, selection_chunks)
+    selection = np.stack([counts.sum(axis=0) for counts in selection_counts])
     top = selection.argmax(axis=1)
+    hits = [np.zeros(1, dtype=np.int64) for _ in images]  # top-class count after 0, 1, 2, ... estimation chunks
+    level = np.zeros(len(images), dtype=np.int64)  # index of each image's next checkpoint
     counts = np.zeros(len(images), dtype=np.int64)
     used = np.zeros(len(images), dtype=np.int64)
-    active = np.arange(len(images))
-    drawn_chunks = 0
-    for k, trials in enumerate(schedule):
-        chunk_end = len(chunk_sizes(trials))
-        round_counts = sample_counts(
-            images[active], [seeds[i] for i in active], Phase.ESTIMATION, schedule[-1], batch_size,
-            chunks=range(drawn_chunks, chunk_end),
+    active = list(range(len(images)))
+    while active:
+        drawn = [len(hits[i]) - 1 for i in active]
+        due = [checkpoint_chunks[level[i]] - d for i, d in zip(active, drawn)]
+        take = _fill_batches(due, [num_chunks - d for d in drawn], batch_size)
+        new = sample_chunks(
+            images[active], [seeds[i] for i in active], Phase.ESTIMATION, max_n, batch_size,
+            [range(d, d + t) for d, t in zip(drawn, take)],
         )
-        counts[active] += round_counts[np.arange(len(active)), top[active]]
-        used[active] = trials
-        drawn_chunks = chunk_end
-        active = active[~stop(active, counts[active], trials, k == len(schedule) - 1)]
-        if not len(active):
-            break
-    return selection, counts, used
+        for i, chunk_counts in zip(active, new):
+            hits[i] = np.concatenate([hits[i], hits[i][-1] + np.cumsum(chunk_counts[:, top[i]])])
+        readable = set(active)  # images whose next checkpoint may be among the chunks just drawn
+        while readable:
+            at = min(level[i] for i in readable)
+            group = sorted(i for i in readable if level[i] == at)
+            ready = np.array([i for i in group if len(hits[i]) > checkpoint_chunks[at]], dtype=np.int64)
+            readable -= set(group) - set(ready.tolist())  # not drawn that far yet: the next step reads it
+            if not len(ready):
+                continue
+            trials = sequence.checkpoints[at]
+            counts[ready] = [hits[i][checkpoint_chunks[at]] for i in ready]
+            used[ready] = trials
+            level[ready] += 1
+            decided = set(ready[stop(ready, counts[ready], trials, at == last)].tolist())
+            readable -= decided
+            active = [i for i in active if i not in decided]
+    return top, selection[np.arange(len(images)), top], counts, used
 
 
-def _round_up_to_chunk(size: int) -> int:
-    return -(-size // NOISE_CHUNK_SIZE) * NOISE_CHUNK_SIZE
+def _fill_batches(due: list[int], left: list[int], batch_size: int) -> list[int]:
+    """Chunks to draw per image this step: those up to its next checkpoint (``due``), then, round robin, chunks
+    beyond it (at most ``left`` in all per image) until the step's last forward batch is full."""
+    take = list(due)
+    target = max(sum(due), math.ceil(sum(due) * NOISE_CHUNK_SIZE / batch_size) * batch_size // NOISE_CHUNK_SIZE)
+    spare = sum(left) - sum(due)
+    extra = min(target - sum(due), spare)
+    while extra > 0:
+        for j in range(len(take)):
+            if extra > 0 and take[j] < left[j]:
+                take[j] += 1
+                extra -= 1
+    return take

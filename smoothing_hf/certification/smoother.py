@@ -7,7 +7,7 @@ logits. The noise lives in pixel space, so radii are l2 distances between [0, 1]
 Where this improves on Cohen's ``core.py``: noise is seeded per (seed, example, phase, chunk) so results
 do not depend on the batch size (``smoothing_hf.noise``); several images share a forward batch when n0
 or n is small; counting is one ``torch.bincount`` per batch; the statistics are vectorized over images.
-The sample-efficient modes (a fixed radius, adaptive radii) are in ``sequential.py``.
+The sample-efficient modes (one radius, several radii, an adaptive radius) are in ``sequential.py``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,17 @@ import numpy as np
 import torch
 
 from ..checks import check_alpha, check_number, check_pixel_range, check_positive_int, check_seed, check_sigma
-from ..noise import Phase, chunk_sizes, derive_seed, noise_chunk
+from ..noise import Phase, chunk_sizes, derive_seed, noisy_batches
 from . import sequential
-from .certificates import Certificate, RadiusDecision, certificates_from_counts, predictions_from_counts
+from .certificates import (
+    Certificate,
+    RadiiDecision,
+    RadiusDecision,
+    certificates_from_counts,
+    check_radii_to_test,
+    predictions_from_counts,
+)
+from .confidence import DEFAULT_CONFIDENCE, ConfidenceSequence, confidence_sequence
 
 
 @contextlib.contextmanager
@@ -121,6 +129,7 @@ class Smoother:
         *,
         tolerance: float | None = None,
         growth: float = 4.0,
+        confidence: str = DEFAULT_CONFIDENCE,
     ) -> Certificate | list[Certificate]:
         """Cohen's CERTIFY: a class and an l2 radius within which the smoothed classifier is constant.
 
@@ -138,19 +147,21 @@ class Smoother:
             batch_size: noisy samples per forward pass; images are packed together when n0 or n is smaller.
             seed: noise seed, as in ``predict``.
             tolerance: None (the default) for Cohen's fixed n. A finite radius > 0 (l2, [0, 1] pixels) makes the
-                sampling adaptive with ``n`` as its budget: estimation draws come in rounds growing
-                ``growth``-fold (128, 512, ... up to n), the error budget alpha split evenly over them,
-                and an image stops once the next round would raise its radius by less than ``tolerance``
-                (``sequential.certify_adaptive``). The (1 - alpha) guarantee is the same;
-                ``Certificate.samples`` counts the draws made.
-            growth: factor between consecutive round sizes in adaptive sampling (finite, > 1).
+                sampling adaptive with ``n`` as its budget: pA_lower is the largest lower bound of the
+                ``confidence`` sequence seen so far, and an image stops once looking further would raise its
+                radius by less than ``tolerance`` (``sequential.certify_adaptive``). The (1 - alpha)
+                guarantee is the same; ``Certificate.samples`` counts the draws made.
+            growth: how far ahead the adaptive stopping rule looks (and, for "bonferroni", the factor between
+                its round sizes; finite, > 1).
+            confidence: the adaptive mode's confidence sequence, "betting" or "bonferroni"
+                (``confidence.CONFIDENCE_SEQUENCES``); fixed n always uses the exact Clopper-Pearson bound.
 
         Returns:
             A ``Certificate`` for one image; a list of them for a batch.
         """
         n0, n = check_positive_int(n0, "n0"), check_positive_int(n, "n")
         alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
-        growth = check_number(growth, "growth", minimum=1, strict_minimum=True)  # checked even where unused
+        sequence = confidence_sequence(confidence, alpha, n, growth)  # checked even where unused
         if tolerance is not None:
             tolerance = check_number(
                 tolerance, "tolerance", minimum=0, strict_minimum=True, unit="a radius: l2, pixels in [0, 1]"
@@ -158,16 +169,8 @@ class Smoother:
         images, seeds, single = self._prepare(x, seed)
         if tolerance is not None:
             certificates = sequential.certify_adaptive(
-                self.sample_counts,
-                self.sigma,
-                images,
-                seeds,
-                n0=n0,
-                max_n=n,
-                alpha=alpha,
-                batch_size=batch_size,
-                tolerance=tolerance,
-                growth=growth,
+                self.chunk_counts, self.sigma, images, seeds, n0=n0, batch_size=batch_size,
+                tolerance=tolerance, sequence=sequence,
             )
             return certificates[0] if single else certificates
         if n <= math.log2(1 / alpha):
@@ -181,6 +184,54 @@ class Smoother:
         certificates = certificates_from_counts(selection, estimation, alpha, self.sigma)
         return certificates[0] if single else certificates
 
+    def certify_at_radii(
+        self,
+        x: torch.Tensor,
+        radii: Sequence[float],
+        *,
+        n0: int,
+        max_n: int,
+        alpha: float,
+        batch_size: int,
+        seed: int | Sequence[int] = 0,
+        growth: float = 4.0,
+        confidence: str = DEFAULT_CONFIDENCE,
+    ) -> RadiiDecision | list[RadiiDecision]:
+        """Decide at several l2 radii at once whether the smoothed classifier is certifiably robust, with few
+        samples: the paper's table (certified accuracy at r = 0, 0.25, ...) without fixed n = 100,000.
+
+        ``n0`` selection draws choose cA as in ``certify``. Estimation draws then continue one noise stream per
+        image (the draws ``certify`` makes with ``n = max_n``), and one ``confidence`` sequence for p_A serves
+        every threshold p*_j = Phi(r_j / sigma): the image stops once no threshold is undecided (each is below
+        the lower bound, certified, or above the upper bound, not certified), or at ``max_n``. With probability
+        at least 1 - alpha, every True of an image is right at once: cA is the smoothed classifier's class and
+        p_A >= Phi(r_j / sigma). ``prediction`` is cA where p_A > 1/2 was established, else ABSTAIN.
+
+        Args:
+            x: one image [C, H, W] or a batch [B, C, H, W], pixels in [0, 1].
+            radii: l2 radii in [0, 1] pixel units, finite, >= 0, distinct, in any order (``certified`` follows it).
+            n0: selection samples per image.
+            max_n: most estimation samples per image (>= n0).
+            alpha: error probability, in (0, 1).
+            batch_size: noisy samples per forward pass; images at different stages share them.
+            seed: noise seed, as in ``predict``.
+            growth: the factor between round sizes of the "bonferroni" sequence (finite, > 1).
+            confidence: "betting" (read after every 128 draws) or "bonferroni" (Clopper-Pearson at alpha / K
+                after each of K geometric rounds); ``confidence.CONFIDENCE_SEQUENCES``.
+
+        Returns:
+            A ``RadiiDecision`` for one image; a list of them for a batch.
+        """
+        radii = check_radii_to_test(radii)
+        n0, max_n, alpha, batch_size, sequence = self._sequential_settings(
+            n0, max_n, alpha, batch_size, growth, confidence
+        )
+        images, seeds, single = self._prepare(x, seed)
+        decisions = sequential.certify_at_radii(
+            self.chunk_counts, self.sigma, images, seeds, radii, n0=n0, batch_size=batch_size, sequence=sequence
+        )
+        return decisions[0] if single else decisions
+
     def certify_at_radius(
         self,
         x: torch.Tensor,
@@ -192,50 +243,34 @@ class Smoother:
         batch_size: int,
         seed: int | Sequence[int] = 0,
         growth: float = 4.0,
+        confidence: str = DEFAULT_CONFIDENCE,
     ) -> RadiusDecision | list[RadiusDecision]:
-        """Decide whether the smoothed classifier is certifiably robust at l2 ``radius``, with few samples.
-
-        ``n0`` selection draws choose cA as in ``certify``. Estimation draws then come in rounds (cumulative
-        sizes ``sequential.sample_schedule(max_n, growth=growth)``: 128, 512, ... up to ``max_n``)
-        continuing one noise stream per image; after each of the K rounds, one-sided Clopper-Pearson bounds
-        of p_A at level alpha / K are compared with p* = Phi(radius / sigma). The image stops as certified
-        once the lower bound reaches p*, as not certified once the upper bound falls below p* or after
-        ``max_n`` draws. The union bound over the K rounds keeps the guarantee: ``certified`` is True with
-        probability at most alpha when p_A < p* or cA is not the smoothed classifier's class.
-        ``prediction`` is cA when the lower bound at the stop is >= 1/2, else ABSTAIN.
-
-        Args:
-            x: one image [C, H, W] or a batch [B, C, H, W], pixels in [0, 1].
-            radius: l2 radius in [0, 1] pixel units, finite and >= 0 (no finite sample certifies infinity).
-            n0: selection samples per image.
-            max_n: most estimation samples per image (>= n0).
-            alpha: error probability, in (0, 1).
-            batch_size: noisy samples per forward pass.
-            seed: noise seed, as in ``predict``; the draws are those ``certify`` makes with ``n = max_n``.
-            growth: factor between consecutive round sizes (finite, > 1).
+        """``certify_at_radii`` at one l2 ``radius`` (finite, >= 0, [0, 1] pixel units): ``certified`` is True
+        with probability at most alpha when p_A < Phi(radius / sigma) or cA is not the smoothed classifier's
+        class. The arguments are those of ``certify_at_radii``.
 
         Returns:
             A ``RadiusDecision`` for one image; a list of them for a batch.
         """
         radius = check_number(radius, "radius", minimum=0, unit="l2, pixels in [0, 1]")
+        n0, max_n, alpha, batch_size, sequence = self._sequential_settings(
+            n0, max_n, alpha, batch_size, growth, confidence
+        )
+        images, seeds, single = self._prepare(x, seed)
+        decisions = sequential.certify_at_radius(
+            self.chunk_counts, self.sigma, images, seeds, radius, n0=n0, batch_size=batch_size, sequence=sequence
+        )
+        return decisions[0] if single else decisions
+
+    @staticmethod
+    def _sequential_settings(
+        n0: int, max_n: int, alpha: float, batch_size: int, growth: float, confidence: str
+    ) -> tuple[int, int, float, int, ConfidenceSequence]:
         n0, max_n = check_positive_int(n0, "n0"), check_positive_int(max_n, "max_n")
         if max_n < n0:
             raise ValueError(f"`max_n` must be >= n0 = {n0}, got {max_n}")
         alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
-        images, seeds, single = self._prepare(x, seed)
-        decisions = sequential.certify_at_radius(
-            self.sample_counts,
-            self.sigma,
-            images,
-            seeds,
-            radius,
-            n0=n0,
-            max_n=max_n,
-            alpha=alpha,
-            batch_size=batch_size,
-            growth=growth,
-        )
-        return decisions[0] if single else decisions
+        return n0, max_n, alpha, batch_size, confidence_sequence(confidence, alpha, max_n, growth)
 
     def sample_counts(
         self,
@@ -260,54 +295,34 @@ class Smoother:
         Returns:
             int64 array [B, num_classes].
         """
+        chunk_ids = range(len(chunk_sizes(num_samples))) if chunks is None else chunks
+        per_chunk = self.chunk_counts(images, seeds, phase, num_samples, batch_size, [chunk_ids] * len(images))
+        return np.stack([counts.sum(axis=0) for counts in per_chunk])
+
+    def chunk_counts(
+        self,
+        images: torch.Tensor,
+        seeds: Sequence[int],
+        phase: Phase,
+        num_samples: int,
+        batch_size: int,
+        chunks: Sequence[Sequence[int]],
+    ) -> list[np.ndarray]:
+        """Class counts of each drawn chunk: ``chunks[i]`` are the chunk indices of image i's stream (of length
+        ``num_samples``) to draw; image i gets an int64 array [len(chunks[i]), num_classes]. All images'
+        chunks share forward batches of at most ``batch_size`` samples; one host sync at the end."""
         sizes = chunk_sizes(num_samples)
-        chunk_ids = range(len(sizes)) if chunks is None else chunks
-        work = [(owner, seed, c, sizes[c]) for owner, seed in enumerate(seeds) for c in chunk_ids]
-        num_cells = len(images) * self.num_classes
+        work = [(owner, seeds[owner], c, sizes[c]) for owner in range(len(images)) for c in chunks[owner]]
+        num_cells = len(work) * self.num_classes
         counts = torch.zeros(num_cells, dtype=torch.long, device=images.device)
-        with torch.inference_mode(), eval_mode(self.base_classifier):
-            for noisy, owners in self._noisy_batches(images, work, phase, batch_size):
-                predictions = self._logits(noisy).argmax(dim=1)
-                counts += torch.bincount(owners * self.num_classes + predictions, minlength=num_cells)
-        return counts.view(len(images), self.num_classes).cpu().numpy()
-
-    def _noisy_batches(
-        self, images: torch.Tensor, work: list[tuple[int, int, int, int]], phase: Phase, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (noisy [b, C, H, W], owner image index [b]) forward batches of at most ``batch_size``.
-
-        ``work`` lists (owner, stream seed, chunk index, chunk size); chunks are written straight into a
-        reused batch buffer (split across two batches when they straddle a boundary), so the draws are
-        those of ``noise_chunk`` whatever the batch size.
-        """
-        shape = tuple(images.shape[1:])
-        device = images.device
-        buffer = torch.empty((min(batch_size, sum(w[3] for w in work)), *shape), device=device)
-        pieces: list[tuple[int, int]] = []
-        filled = 0
-        for owner, seed, chunk, size in work:
-            if size <= len(buffer) - filled:  # common case: draw the chunk straight into the batch buffer
-                chunk_view = buffer[filled : filled + size]
-                noise_chunk(seed, phase, chunk, size, shape, self.sigma, device, out=chunk_view).add_(images[owner])
-                pieces.append((owner, size))
-                filled += size
-            else:  # the chunk straddles a batch boundary: draw it whole, copy it in pieces
-                noise = noise_chunk(seed, phase, chunk, size, shape, self.sigma, device)
-                start = 0
-                while start < size:
-                    take = min(size - start, len(buffer) - filled)
-                    torch.add(noise[start : start + take], images[owner], out=buffer[filled : filled + take])
-                    pieces.append((owner, take))
-                    filled += take
-                    start += take
-                    if filled == len(buffer) and start < size:
-                        yield buffer, _owners(pieces, device)
-                        pieces, filled = [], 0
-            if filled == len(buffer):
-                yield buffer, _owners(pieces, device)
-                pieces, filled = [], 0
-        if filled:
-            yield buffer[:filled], _owners(pieces, device)
+        if work:
+            with torch.inference_mode(), eval_mode(self.base_classifier):
+                for noisy, items in noisy_batches(images, work, phase, batch_size, self.sigma):
+                    predictions = self._logits(noisy).argmax(dim=1)
+                    counts += torch.bincount(items * self.num_classes + predictions, minlength=num_cells)
+        counts = counts.view(len(work), self.num_classes).cpu().numpy()
+        ends = np.cumsum([len(c) for c in chunks])
+        return np.split(counts, ends[:-1])
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         output = self.base_classifier(batch)
@@ -371,8 +386,3 @@ class Smoother:
                 return parameter.device
         return images.device
 
-
-def _owners(pieces: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
-    """Expand (owner, count) runs into one owner index per sample."""
-    owners, counts = zip(*pieces)
-    return torch.repeat_interleave(torch.tensor(owners, device=device), torch.tensor(counts, device=device))

@@ -1,0 +1,147 @@
+"""Confidence sequences for p_A: bounds that hold at every look at once, so a test may stop whenever it likes.
+
+A ``ConfidenceSequence`` gives one-sided lower and upper bounds of a binomial proportion p (the share of
+noisy samples the base classifier puts on class cA) from the successes among the first t draws. With
+probability at least 1 - alpha, the bounds read at *all* of its ``checkpoints`` contain p at once, so any
+rule that decides when to stop from what it has seen keeps the (1 - alpha) guarantee of fixed-n CERTIFY.
+
+Two constructions (``CONFIDENCE_SEQUENCES``; the sequential modes take one by name):
+
+- ``"bonferroni"``: exact Clopper-Pearson bounds at level alpha / K, read only at the K cumulative sample
+  counts of a geometric schedule (128, 512, ..., max_n). The union bound costs log K in the exponent; an
+  image near a threshold overshoots it by up to the growth factor.
+- ``"betting"``: the conjugate-mixture betting martingale of Robbins and of Waudby-Smith and Ramdas (2023),
+  with the Jeffreys prior Beta(1/2, 1/2), i.e. the Krichevsky-Trofimov bettor that Voracek (2024) uses for
+  randomized smoothing. For a candidate p0 the wealth after s successes in t draws is
+  M_t(p0) = B(1/2 + s, 1/2 + t - s) / B(1/2, 1/2) / (p0^s (1 - p0)^(t - s)), a nonnegative martingale of
+  mean 1 when p = p0; by Ville's inequality it ever reaches 1 / alpha with probability at most alpha. The
+  sequence is {p0 : M_t(p0) < 1 / alpha}, an interval (log M_t is convex in p0), read after every chunk of
+  128 draws. It costs about 0.5 log(pi t) in the exponent where all draws agree, and never overshoots.
+
+Both are exact (no asymptotics) and computed in closed form with SciPy. The confseq package would be the
+library to lean on, but it does not build here (a C++ extension); the betting bound is a dozen lines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import betaln, xlog1py, xlogy
+
+from ..checks import check_alpha, check_choice, check_number, check_positive_int
+from ..noise import NOISE_CHUNK_SIZE
+from .bounds import clopper_pearson_bounds
+
+CONFIDENCE_SEQUENCES = ("betting", "bonferroni")
+"""The names ``confidence_sequence`` takes."""
+DEFAULT_CONFIDENCE = "betting"
+"""The sequential modes' default (chosen by measurement: ``benchmarks/sample_efficiency.py``)."""
+
+_BISECTION_STEPS = 60  # halvings of [0, 1]: 2^-60 is below float64's resolution near the bounds
+
+
+@dataclass(frozen=True)
+class ConfidenceSequence:
+    """Bounds of p valid at once over ``checkpoints`` (cumulative draw counts, increasing, the last max_n).
+
+    ``name`` is one of ``CONFIDENCE_SEQUENCES``; ``alpha`` the error probability of the whole sequence;
+    ``growth`` the factor ``horizon`` looks ahead by (the adaptive radius projects its gain that far)."""
+
+    name: str
+    alpha: float
+    checkpoints: tuple[int, ...]
+    growth: float
+
+    def bounds(self, successes: np.ndarray, trials: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        """One-sided lower and upper bounds of p after ``successes`` of ``trials`` draws (arrays of one shape,
+        or a scalar ``trials``); valid together with the bounds at every other checkpoint."""
+        successes = np.asarray(successes, dtype=np.float64)
+        trials = np.broadcast_to(np.asarray(trials, dtype=np.float64), successes.shape)
+        if self.name == "bonferroni":
+            return clopper_pearson_bounds(successes, trials, self.alpha / len(self.checkpoints))
+        share = successes / trials
+        excluded = lambda p: self._log_wealth(successes, trials, p) >= math.log(1 / self.alpha)  # noqa: E731
+        lower = _boundary(excluded, np.zeros_like(share), share)
+        upper = _boundary(excluded, np.ones_like(share), share)
+        return np.where(successes > 0, lower, 0.0), np.where(successes < trials, upper, 1.0)
+
+    def decide(
+        self, successes: np.ndarray, trials: int, thresholds: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For [B] ``successes`` of ``trials`` draws and [R] ``thresholds`` p*: [B, R] booleans ``above``
+        (the lower bound reaches p*: p >= p* established) and ``below`` (the upper bound is under p*)."""
+        successes = np.asarray(successes, dtype=np.float64)[:, None]
+        thresholds = np.asarray(thresholds, dtype=np.float64)[None, :]
+        if self.name == "bonferroni":
+            lower, upper = self.bounds(successes[:, 0], trials)
+            return lower[:, None] >= thresholds, upper[:, None] < thresholds
+        # Exact, without inverting: on each side of the observed share the wealth is monotone in p0.
+        excluded = self._log_wealth(successes, float(trials), thresholds) >= math.log(1 / self.alpha)
+        share = successes / trials
+        return excluded & (thresholds <= share), excluded & (thresholds > share)
+
+    def horizon(self, trials: int) -> int | None:
+        """The draw count one look ahead of ``trials``: the next checkpoint (bonferroni) or ``growth`` times
+        ``trials`` on the chunk grid (betting), at most max_n; None at max_n."""
+        max_n = self.checkpoints[-1]
+        if trials >= max_n:
+            return None
+        if self.name == "bonferroni":
+            return next(c for c in self.checkpoints if c > trials)
+        return min(max_n, _round_up_to_chunk(math.ceil(trials * self.growth)))
+
+    def _log_wealth(self, successes: np.ndarray, trials: np.ndarray | float, p: np.ndarray) -> np.ndarray:
+        """log M_t(p0) of the Jeffreys-mixture bettor (the module docstring); +inf where p0 is impossible."""
+        failures = trials - successes
+        with np.errstate(divide="ignore"):
+            likelihood = xlogy(successes, p) + xlog1py(failures, -p)
+        return betaln(0.5 + successes, 0.5 + failures) - betaln(0.5, 0.5) - likelihood
+
+
+def confidence_sequence(name: str, alpha: float, max_n: int, growth: float = 4.0) -> ConfidenceSequence:
+    """The ``name`` sequence (``CONFIDENCE_SEQUENCES``) at level ``alpha`` for up to ``max_n`` draws:
+    bonferroni looks at ``sample_schedule(max_n, growth=growth)``; betting after every chunk of 128 draws."""
+    name = check_choice(name, "confidence", CONFIDENCE_SEQUENCES)
+    alpha, max_n = check_alpha(alpha), check_positive_int(max_n, "max_n")
+    growth = check_number(growth, "growth", minimum=1, strict_minimum=True)
+    if name == "bonferroni":
+        checkpoints = sample_schedule(max_n, growth=growth)
+    else:
+        checkpoints = [*range(NOISE_CHUNK_SIZE, max_n, NOISE_CHUNK_SIZE), max_n]
+    return ConfidenceSequence(name, alpha, tuple(checkpoints), growth)
+
+
+def sample_schedule(max_n: int, first: int = NOISE_CHUNK_SIZE, growth: float = 4.0) -> list[int]:
+    """Cumulative estimation sample counts after each round: ``first``, then growing ``growth``-fold, up to
+    ``max_n``. Every count but the last is a multiple of the noise chunk size, so each round continues the
+    example's noise stream where the previous one stopped and all rounds together draw exactly the
+    ``max_n`` samples that fixed-n certification would.
+
+    >>> sample_schedule(100_000)
+    [128, 512, 2048, 8192, 32768, 100000]
+    """
+    max_n = check_positive_int(max_n, "max_n")
+    growth = check_number(growth, "growth", minimum=1, strict_minimum=True)
+    first = check_positive_int(first, "first")
+    schedule = []
+    size = _round_up_to_chunk(first)
+    while size < max_n:
+        schedule.append(size)
+        size = max(_round_up_to_chunk(math.ceil(size * growth)), size + NOISE_CHUNK_SIZE)
+    return [*schedule, max_n]
+
+
+def _boundary(excluded, outside: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Bisect, elementwise, between p0 values ``outside`` the sequence and ``inside`` it; return the last
+    point found outside (so a lower bound errs low and an upper bound high)."""
+    for _ in range(_BISECTION_STEPS):
+        middle = (outside + inside) / 2
+        out = excluded(middle)
+        outside, inside = np.where(out, middle, outside), np.where(out, inside, middle)
+    return outside
+
+
+def _round_up_to_chunk(size: int) -> int:
+    return -(-size // NOISE_CHUNK_SIZE) * NOISE_CHUNK_SIZE

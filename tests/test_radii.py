@@ -1,0 +1,188 @@
+"""Several radii from one confidence sequence (``Smoother.certify_at_radii``), the betting confidence sequence,
+and the scheduler that packs images of different stages into full forward batches. On the linear classifier
+whose smoothed probabilities are known in closed form: at signed distance d from its boundary,
+p_A = Phi(|d| / sigma) and the exact certified radius is |d|."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import betaln
+from scipy.stats import binom
+
+from smoothing_hf import ABSTAIN, Smoother, derive_seed
+from smoothing_hf.certification import CONFIDENCE_SEQUENCES, clopper_pearson_bounds, confidence_sequence
+
+SIGMA = 0.25
+RADII = (0.0, 0.25, 0.5, 0.75)
+
+
+def images_at(boundary, distances):
+    return torch.stack([boundary.image_at(float(d)) for d in distances])
+
+
+# ---------------------------------------------------------------------------------------------- the sequence
+
+
+def test_betting_bound_of_unanimous_draws_is_the_closed_form():
+    """All t draws on cA: the Jeffreys-mixture wealth at p0 is B(t + 1/2, 1/2) / B(1/2, 1/2) / p0^t, so the
+    lower bound is the p0 where it equals 1 / alpha."""
+    sequence = confidence_sequence("betting", 0.001, 100_000)
+    trials = np.array([128, 1024, 8192, 100_000])
+    lower, upper = sequence.bounds(trials, trials)
+    expected = np.exp((np.log(0.001) + betaln(trials + 0.5, 0.5) - betaln(0.5, 0.5)) / trials)
+    np.testing.assert_allclose(lower, expected, rtol=1e-12)
+    assert (upper == 1.0).all()
+
+
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_sequences_cover_p_at_every_checkpoint_at_once(confidence):
+    """Over many Bernoulli streams at p = 0.9, the share of streams whose bounds miss p at some checkpoint is at
+    most alpha; reading a plain Clopper-Pearson interval at every checkpoint misses far more often."""
+    alpha, streams, max_n = 0.1, 400, 4096
+    sequence = confidence_sequence(confidence, alpha, max_n, growth=2.0)
+    draws = np.random.default_rng(0).random((streams, max_n)) < 0.9
+    checkpoints = np.array(sequence.checkpoints)
+    successes = draws.cumsum(axis=1)[:, checkpoints - 1]
+    lower, upper = sequence.bounds(successes, np.broadcast_to(checkpoints, successes.shape))
+    missed = ((lower > 0.9) | (upper < 0.9)).any(axis=1)
+    assert missed.mean() <= binom.ppf(0.999, streams, alpha) / streams
+    assert (lower <= successes / checkpoints).all() and (successes / checkpoints <= upper).all()
+    trials = np.broadcast_to(checkpoints, successes.shape)
+    naive_lower, naive_upper = clopper_pearson_bounds(successes, trials, alpha / 2)
+    naive_missed = ((naive_lower > 0.9) | (naive_upper < 0.9)).any(axis=1)
+    assert naive_missed.mean() > binom.ppf(0.999, streams, alpha) / streams  # what the test would catch
+
+
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_threshold_decisions_agree_with_the_bounds(confidence):
+    sequence = confidence_sequence(confidence, 0.01, 10_000)
+    successes = np.array([0, 10, 500, 900, 990, 1000])
+    thresholds = np.array([0.5, 0.6, 0.84, 0.95, 0.999])
+    above, below = sequence.decide(successes, 1000, thresholds)
+    lower, upper = sequence.bounds(successes, 1000)
+    # The bisection's bounds err on the safe side by at most 1e-12; no threshold sits that close here.
+    np.testing.assert_array_equal(above, lower[:, None] >= thresholds)
+    np.testing.assert_array_equal(below, upper[:, None] < thresholds)
+
+
+# ---------------------------------------------------------------------------------------------- several radii
+
+
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_no_radius_is_certified_that_should_not_be_more_often_than_alpha_allows(linear_boundary, confidence):
+    """Points just inside each radius (true radius 0.001 below it), on both sides of the boundary: an image is
+    wrong when some radius it certifies exceeds its true radius or its class is wrong; at most alpha of them."""
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    alpha, per_radius = 0.05, 80
+    inside = [np.full(per_radius, r - 0.001) for r in (0.25, 0.5, 0.75)] + [np.full(per_radius, 0.001)]
+    distances = np.concatenate(inside)
+    distances = distances * np.where(np.arange(len(distances)) % 2, 1, -1)
+    decisions = smoother.certify_at_radii(
+        images_at(linear_boundary, distances), RADII, n0=64, max_n=4096, alpha=alpha, batch_size=8192, seed=3,
+        confidence=confidence,
+    )
+    truth = (distances > 0).astype(int)
+    certified = np.array([d.certified for d in decisions])
+    too_far = (certified & (np.array(RADII)[None, :] > np.abs(distances)[:, None])).any(axis=1)
+    wrong_class = np.array([d.prediction not in (ABSTAIN, t) for d, t in zip(decisions, truth)])
+    assert (too_far | wrong_class).sum() <= binom.ppf(0.999, len(distances), alpha)
+    # Certified at r implies certified at every smaller radius, and a class was named.
+    assert (np.diff(certified.astype(int), axis=1) <= 0).all()
+    assert all(d.prediction != ABSTAIN for d in decisions if any(d.certified))
+
+
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_points_far_from_every_threshold_settle_all_radii_with_few_samples(linear_boundary, confidence):
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    distances = np.array([0.12, -0.37, 0.63, -1.0, 1.5])
+    decisions = smoother.certify_at_radii(
+        images_at(linear_boundary, distances), RADII, n0=100, max_n=100_000, alpha=0.001, batch_size=1024, seed=4,
+        confidence=confidence,
+    )
+    assert [d.certified for d in decisions] == [tuple(r < abs(d) for r in RADII) for d in distances]
+    assert [d.prediction for d in decisions] == [1, 0, 1, 0, 1]
+    samples = np.array([d.samples for d in decisions])
+    # Points 0.12 or more from every radius up to 0.5: at most 2.5% of max_n.
+    assert (samples[np.abs(distances) < 0.75] <= 2500).all(), samples
+    # Certifying r = 0.75 needs p_A >= Phi(3) = 0.99865: at least log(1 / alpha) / -log(Phi(3)) = 5,100 unanimous
+    # draws for any valid test; these sequences take at most 10% of max_n.
+    assert ((5100 <= samples[np.abs(distances) > 0.75]) & (samples[np.abs(distances) > 0.75] <= 10_000)).all(), samples
+
+
+def test_certified_follows_the_order_of_the_radii(linear_boundary):
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    images = images_at(linear_boundary, [0.3, -0.6, 0.05])
+    kwargs = dict(n0=50, max_n=20_000, alpha=0.01, batch_size=2048, seed=6)
+    ordered = smoother.certify_at_radii(images, [0.0, 0.25, 0.5], **kwargs)
+    shuffled = smoother.certify_at_radii(images, [0.5, 0.0, 0.25], **kwargs)
+    for a, b in zip(ordered, shuffled):
+        assert b.certified == (a.certified[2], a.certified[0], a.certified[1])
+        assert (a.prediction, a.samples) == (b.prediction, b.samples)
+
+
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_radii_decisions_do_not_depend_on_batch_size_or_batching(linear_boundary, confidence):
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    images = images_at(linear_boundary, np.linspace(-0.8, 0.8, 9))
+    kwargs = dict(n0=50, max_n=8000, alpha=0.01, seed=2, confidence=confidence)
+    batched = smoother.certify_at_radii(images, RADII, batch_size=4096, **kwargs)
+    assert smoother.certify_at_radii(images, RADII, batch_size=100, **kwargs) == batched
+    alone = [
+        smoother.certify_at_radii(image, RADII, batch_size=333, **{**kwargs, "seed": derive_seed(2, i)})
+        for i, image in enumerate(images)
+    ]
+    assert alone == batched
+    # One radius: the same decision as certify_at_radius.
+    single = smoother.certify_at_radius(images, 0.25, batch_size=512, **kwargs)
+    several = smoother.certify_at_radii(images, [0.25], batch_size=512, **kwargs)
+    assert [(d.prediction, d.certified, d.samples) for d in single] == [
+        (d.prediction, d.certified[0], d.samples) for d in several
+    ]
+
+
+class BatchSizes(torch.nn.Module):
+    """The wrapped classifier, recording the size of every forward batch."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier, self.sizes = classifier, []
+
+    def forward(self, pixels):
+        self.sizes.append(len(pixels))
+        return self.classifier(pixels)
+
+
+def test_few_undecided_images_still_fill_the_forward_batches(linear_boundary):
+    """Two images near a threshold, read after every chunk of 128 draws: each step packs draws beyond their
+    next checkpoint so that the batches stay full (1,024 samples), where drawing to the next checkpoint only
+    would give batches of 256."""
+    counting = BatchSizes(linear_boundary)
+    smoother = Smoother(counting, num_classes=2, sigma=SIGMA)
+    decisions = smoother.certify_at_radii(
+        images_at(linear_boundary, [0.26, -0.24]), [0.25], n0=128, max_n=20_000, alpha=0.001, batch_size=1024,
+        seed=1, confidence="betting",
+    )
+    estimation = counting.sizes[1:]  # after the one selection batch
+    assert sum(d.samples for d in decisions) > 4 * 1024  # near the threshold: many steps
+    assert np.mean(estimation) > 0.9 * 1024, estimation
+
+
+def test_radii_bad_input(linear_boundary):
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    image = linear_boundary.image_at(0.3)
+    kwargs = dict(n0=10, max_n=100, alpha=0.01, batch_size=10)
+    for radii, message in (([], "non-empty sequence"), ((), "non-empty sequence"), ("0.25", "non-empty sequence"),
+                           (0.25, "non-empty sequence"), ([0.25, 0.5, 0.25], "must not repeat a radius"),
+                           ([0.1, -0.1], r"`radii\[1\]` must be a finite number >= 0"),
+                           ([float("inf")], r"`radii\[0\]` must be a finite number >= 0"),
+                           ([float("nan")], r"`radii\[0\]` must be a finite number >= 0")):
+        with pytest.raises(ValueError, match=message):
+            smoother.certify_at_radii(image, radii, **kwargs)
+    with pytest.raises(TypeError, match=r"`radii\[0\]` must be"):
+        smoother.certify_at_radii(image, ["eight"], **kwargs)
+    with pytest.raises(ValueError, match="`max_n` must be >= n0"):
+        smoother.certify_at_radii(image, RADII, **{**kwargs, "max_n": 5})
+    with pytest.raises(ValueError, match="`confidence` must be one of"):
+        smoother.certify_at_radii(image, RADII, confidence="hoeffding", **kwargs)
+    with pytest.raises(ValueError, match="`confidence` must be one of"):
+        smoother.certify(image, n0=10, n=100, alpha=0.01, batch_size=10, confidence="wald")
