@@ -24,9 +24,11 @@ TRAINING_KEYS = {
     "steps": "Optimizer steps.",
     "epochs": "Epochs over the training set.",
     "num_noise_samples": "Noisy copies of each image per batch.",
-    "consistency_weight": "Weight of the consistency loss.",
+    "consistency_weight": "Weight of the consistency loss (older records; now objective 'consistency', option lbd).",
     "noisy_accuracy": "Accuracy of the base classifier on noisy validation images after training.",
-    "objective": "Training objective of an input module (e.g. 'mse' or 'stability' for a denoiser).",
+    "objective": "Training objective: for fine-tuning a name in smoothing_hf.objectives.OBJECTIVES ('gaussian', "
+    "'consistency', 'smoothadv', 'macer'); for an input module its own (e.g. 'mse' or 'stability' for a denoiser).",
+    "objective_options": "Options of the training objective, a JSON object (e.g. {'epsilon': 0.5, 'steps': 2}).",
     "queries": "Images sent to the black-box target while training a coordinator (each image of a batch counts).",
 }
 """Keys allowed in ``SmoothingConfig.training``, with their meaning (all optional)."""
@@ -136,7 +138,7 @@ class SmoothingConfig:
         if not isinstance(self.merged, bool):
             raise TypeError(f"`merged` must be a bool, got {self.merged!r}")
         if self.training is not None:
-            self.training = dict(_check_keys(self.training, "training", TRAINING_KEYS))
+            self.training = check_training(self.training)
         if self.certification is not None:
             self.certification = check_certification(self.certification)
 
@@ -198,6 +200,23 @@ def _check_keys(values: object, name: str, allowed: dict[str, str]) -> dict:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise ValueError(f"unknown `{name}` keys {unknown}; allowed: {sorted(allowed)}")
+    return values
+
+
+def check_training(values: object) -> dict:
+    """A copy of a ``training`` record, checked: its keys among ``TRAINING_KEYS``, the objective (where recorded)
+    a non-empty string and its options a dict. Records written before objectives were recorded (none, or a
+    ``consistency_weight``) are valid as they are."""
+    values = dict(_check_keys(values, "training", TRAINING_KEYS))
+    objective = values.get("objective")
+    if objective is not None and (not isinstance(objective, str) or not objective.strip()):
+        raise ValueError(f"`training['objective']` must be a non-empty string such as 'smoothadv', got {objective!r}")
+    options = values.get("objective_options")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(
+            f"`training['objective_options']` must be a dict (a JSON object) of the objective's options, got "
+            f"{type(options).__name__} {options!r}"
+        )
     return values
 
 

@@ -105,11 +105,12 @@ def model_card(config: SmoothingConfig, model_id: str, template_path: str | os.P
         method_description=row.description if row else method,
         trains=(row.trains if row else Trains.ADDED_PARAMETERS).name,  # what it trains, how it is held:
         held=(row.saved if row else Saved.PEFT_ADAPTER).name,  # a peft_config's adapter by default
-        method_options=", ".join(f"{k}={v!r}" for k, v in sorted(config.method_options.items())),
+        method_options=_options_text(config.method_options),
         merged=config.merged,
         trainable_parameters=training.get("trainable_parameters"),
         total_parameters=training.get("total_parameters"),
         training={key: training.get(key) for key in TRAINING_KEYS},  # every key, None where unknown
+        objective_options=_options_text(training.get("objective_options")),
         num_labels=len(config.id2label) if config.id2label else "unknown",
         class_names=_class_names(config.id2label),
         image_mean=config.image_mean,
@@ -170,6 +171,11 @@ def _hub_id(name: str | None) -> str | None:
     if not name or os.path.isabs(name) or os.path.exists(name) or not _REPO_ID.match(name):
         return None
     return name
+
+
+def _options_text(options: Mapping[str, Any] | None) -> str:
+    """Options as ``name=value, ...`` in name order ("" for none)."""
+    return ", ".join(f"{k}={v!r}" for k, v in sorted((options or {}).items()))
 
 
 def _class_names(id2label: Mapping[str, str] | None) -> str | None:

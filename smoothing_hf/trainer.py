@@ -7,8 +7,11 @@ and why each part cannot be left to the Trainer:
   every evaluation so that ``eval_accuracy`` under noise is reproducible;
 - ``remove_unused_columns=False``: the Trainer would drop the ``image`` column that a ``set_transform``
   turns into ``pixel_values`` (it only keeps columns named in ``forward``'s signature);
-- ``compute_loss``: the optional consistency regularizer of Jeong and Shin (NeurIPS 2020) over the m noisy
-  copies of each image, which the model's own cross-entropy loss cannot express;
+- ``compute_loss``: the training objective (``smoothing_hf.objectives.OBJECTIVES``: cross-entropy under noise,
+  consistency regularization, SmoothAdv, MACER) over the m noisy copies of each image, which the model's own
+  cross-entropy loss cannot express; evaluation reports the plain cross-entropy under noise for every objective,
+  so that ``eval_loss`` compares across objectives;
+- ``train``: records the objective, its options and m in ``model.config.training`` (the model card shows them);
 - a log entry of trainable / total parameters when training starts (PAPER.md: report them side by side).
 
 Gradient accumulation: ``SmoothedImageClassifier.forward`` takes no ``**kwargs``, so the Trainer's
@@ -21,19 +24,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
 
-from .checks import check_number, check_positive_int
+from .checks import check_number
 from .modeling import SmoothedImageClassifier
 from .noise import NoiseCollator
+from .objectives import TrainingBatch, WithCleanPixels, cross_entropy, get_objective
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +65,16 @@ class SmoothingTrainer(Trainer):
     Args:
         model: the smoothed classifier; its trainable parameters (``requires_grad``) are trained.
         args: ``TrainingArguments``; ``remove_unused_columns`` is turned off (on a copy).
-        num_noise_samples: m, noisy copies of each training image per batch (the batch holds B * m images).
-        consistency_weight: lambda >= 0 of the consistency loss, lambda * mean over copies of
-            KL(mean softmax of the m copies || softmax of the copy); > 0 needs m >= 2. Jeong and Shin's
-            entropy term (eta) is not included.
-        data_collator: the training collator; default ``NoiseCollator`` as above.
+        objective: the training objective, a name in ``smoothing_hf.objectives.OBJECTIVES``: "gaussian"
+            (cross-entropy under noise, the default), "consistency", "smoothadv" or "macer".
+        objective_options: the objective's options, a dict (JSON object) or its options dataclass (e.g.
+            ``{"epsilon": 0.5, "steps": 2}`` for "smoothadv"); None: its defaults (the papers' values).
+        num_noise_samples: m, noisy copies of each training image per batch (the batch holds B * m images);
+            "consistency" and "macer" need m >= 2.
+        consistency_weight: the older shorthand for ``objective="consistency"`` with ``objective_options={"lbd":
+            consistency_weight, "eta": 0.0}`` (the KL term alone; 0: "gaussian"); not together with ``objective``.
+        data_collator: the training collator; default ``NoiseCollator`` as above. For an objective that needs the
+            clean images ("smoothadv") it is wrapped in ``WithCleanPixels``.
         compute_metrics: default ``noisy_accuracy_metric`` ("eval_accuracy").
         **kwargs: the other ``Trainer`` arguments (train_dataset, eval_dataset, processing_class, callbacks,
             optimizers, ...). ``compute_loss_func`` is not accepted: this trainer computes its own loss.
@@ -81,8 +89,10 @@ class SmoothingTrainer(Trainer):
         model: SmoothedImageClassifier,
         args: TrainingArguments | None = None,
         *,
+        objective: str = "gaussian",
+        objective_options: dict | Any = None,
         num_noise_samples: int = 1,
-        consistency_weight: float = 0.0,
+        consistency_weight: float | None = None,
         data_collator: Any = None,
         compute_metrics: Any = None,
         **kwargs: Any,
@@ -91,18 +101,17 @@ class SmoothingTrainer(Trainer):
             raise TypeError(f"`model` must be a SmoothedImageClassifier, got {type(model).__name__}")
         if kwargs.get("compute_loss_func") is not None:
             raise TypeError(
-                "`compute_loss_func` is not supported: SmoothingTrainer computes cross-entropy (+ consistency) "
-                "itself; subclass and override `compute_loss` instead"
+                "`compute_loss_func` is not supported: SmoothingTrainer computes its objective's loss itself; pass "
+                "`objective`, or subclass and override `compute_loss`"
             )
         if kwargs.get("model_init") is not None:
             raise TypeError("`model_init` is not supported: pass the SmoothedImageClassifier as `model`")
-        num_noise_samples = check_positive_int(num_noise_samples, "num_noise_samples")
-        consistency_weight = check_number(consistency_weight, "consistency_weight", minimum=0)
-        if consistency_weight > 0 and num_noise_samples < 2:
-            raise ValueError(
-                f"`consistency_weight` > 0 needs `num_noise_samples` >= 2 (copies to be consistent across), got "
-                f"num_noise_samples={num_noise_samples}"
-            )
+        if consistency_weight is not None:
+            objective, objective_options = _consistency_shorthand(consistency_weight, objective, objective_options)
+        row = get_objective(objective)
+        self.objective_options = row.parse_options(objective_options)
+        self.num_noise_samples = row.check_noise_samples(num_noise_samples)
+        self.training_objective = row
         if args is None:
             args = TrainingArguments(output_dir="tmp_trainer")
         if args.remove_unused_columns:
@@ -112,10 +121,10 @@ class SmoothingTrainer(Trainer):
             )
             args = copy.copy(args)
             args.remove_unused_columns = False
-        self.num_noise_samples = num_noise_samples
-        self.consistency_weight = consistency_weight
         if data_collator is None:
             data_collator = NoiseCollator(model.sigma, self.num_noise_samples, seed=args.seed)
+        if row.needs_clean_pixels:
+            data_collator = WithCleanPixels(data_collator, self.num_noise_samples)
         self.eval_data_collator = NoiseCollator(model.sigma, 1, seed=EVAL_NOISE_SEED, deterministic=True)
         super().__init__(
             model=model,
@@ -156,37 +165,44 @@ class SmoothingTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        """Mean cross-entropy over the B * m noisy images, plus ``consistency_weight`` times the consistency
-        loss while training. A mean over this micro-batch: the Trainer divides it for gradient accumulation
-        (``loss_is_scaled_for_ga = False``)."""
-        labels = inputs["labels"]
-        outputs = model(pixel_values=inputs["pixel_values"])
-        logits = outputs.logits
-        loss = F.cross_entropy(logits.float(), labels)
-        if self.consistency_weight > 0 and model.training:
-            loss = loss + self.consistency_weight * consistency_loss(logits, labels, self.num_noise_samples)
+        """While training, the objective's loss on the micro-batch (``objectives.OBJECTIVES``); in evaluation,
+        the mean cross-entropy over the noisy images. A mean over this micro-batch's images: the Trainer
+        divides it for gradient accumulation (``loss_is_scaled_for_ga = False``)."""
+        batch = TrainingBatch(
+            model=model, attack_model=self.accelerator.unwrap_model(model), inputs=inputs,
+            num_noise_samples=self.num_noise_samples, sigma=self.model.sigma, epoch=self.state.epoch or 0.0,
+        )
+        if model.training:
+            loss, outputs = self.training_objective.loss(batch, self.objective_options)
+        else:
+            loss, outputs = cross_entropy(batch)
         return (loss, outputs) if return_outputs else loss
 
+    def objective_record(self) -> dict[str, Any]:
+        """How this trainer trains, as ``config.training`` records it: the objective's name, its options (a JSON
+        object) and m."""
+        return {
+            "objective": self.training_objective.name,
+            "objective_options": dataclasses.asdict(self.objective_options),
+            "num_noise_samples": self.num_noise_samples,
+        }
 
-def consistency_loss(logits: torch.Tensor, labels: torch.Tensor, num_noise_samples: int) -> torch.Tensor:
-    """Jeong and Shin's consistency term for [B * m, K] logits whose m copies of each image are contiguous:
-    the mean over images and copies of KL(mean softmax of the image's copies || softmax of the copy)."""
-    m = num_noise_samples
-    if logits.shape[0] % m:
-        raise ValueError(
-            f"the batch has {logits.shape[0]} images, not a multiple of num_noise_samples={m}: the training collator "
-            "must give m contiguous noisy copies of each image"
+    def train(self, *args: Any, **kwargs: Any):
+        """``Trainer.train``, then the objective recorded in ``model.config.training`` (``objective_record``)."""
+        output = super().train(*args, **kwargs)
+        self.model.record_training(**self.objective_record())
+        return output
+
+
+def _consistency_shorthand(weight: Any, objective: Any, options: Any) -> tuple[str, dict]:
+    """The objective that the older ``consistency_weight`` argument stands for."""
+    weight = check_number(weight, "consistency_weight", minimum=0)
+    if objective != "gaussian" or options is not None:
+        raise TypeError(
+            "`consistency_weight` is the older shorthand for objective='consistency', objective_options={'lbd': "
+            "weight, 'eta': 0.0}; give either it or `objective`/`objective_options`, not both"
         )
-    grouped = labels.view(-1, m)
-    if not torch.equal(grouped, grouped[:, :1].expand_as(grouped)):
-        raise ValueError(
-            f"the labels are not in runs of num_noise_samples={m}: the training collator must repeat each image and "
-            "its label m times contiguously (NoiseCollator(sigma, num_noise_samples=m))"
-        )
-    log_p = F.log_softmax(logits.float(), dim=-1).view(-1, m, logits.shape[-1])  # [B, m, K]
-    log_mean = torch.logsumexp(log_p, dim=1, keepdim=True) - math.log(m)  # log of the mean softmax, [B, 1, K]
-    kl = F.kl_div(log_p, log_mean.expand_as(log_p), reduction="none", log_target=True).sum(-1)  # [B, m]
-    return kl.mean()
+    return ("consistency", {"lbd": weight, "eta": 0.0}) if weight > 0 else ("gaussian", None)
 
 
 class _ParameterCountCallback(TrainerCallback):

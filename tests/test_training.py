@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import TrainingArguments
 
 from smoothing_hf import NoiseCollator, SmoothedImageClassifier, SmoothingTrainer
-from smoothing_hf.trainer import consistency_loss
+from smoothing_hf.objectives import consistency_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

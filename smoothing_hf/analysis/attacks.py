@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -128,23 +128,70 @@ def _attack_group(
     model: torch.nn.Module, clean: torch.Tensor, labels: torch.Tensor, seeds: list[int],
     epsilon: float, sigma: float, num_noise: int, steps: int, step_size: float,
 ) -> torch.Tensor:
-    """SmoothAdv on a few images together: [b, C, H, W] clean pixels -> attacked pixels."""
+    """SmoothAdv on a few images together: [b, C, H, W] clean pixels -> attacked pixels, m fresh draws of each
+    image's own seeded noise stream at every step."""
     generators = [torch.Generator(device=clean.device).manual_seed(derive_seed(s, ATTACK_STREAM)) for s in seeds]
     shape = (num_noise, *clean.shape[1:])
+
+    def fresh_noise() -> torch.Tensor:
+        return sigma * torch.cat([torch.randn(shape, generator=g, device=clean.device) for g in generators])
+
+    return soft_smoothed_pgd(model, clean, labels, fresh_noise, epsilon=epsilon, steps=steps, step_size=step_size,
+                             num_noise=num_noise)
+
+
+def soft_smoothed_pgd(
+    model: torch.nn.Module,
+    clean: torch.Tensor,
+    labels: torch.Tensor,
+    noise: Callable[[], torch.Tensor],
+    *,
+    epsilon: float,
+    steps: int,
+    step_size: float,
+    num_noise: int,
+) -> torch.Tensor:
+    """The l2 PGD of SmoothAdv on the soft smoothed classifier, shared by the attack (``smooth_adv``: fresh
+    noise at every step) and by SmoothAdv training (``smoothing_hf.objectives``: the same noise at every step,
+    then trained on, as in Salman et al.'s ``train_pgd.py``).
+
+    From x' = x, each of ``steps`` steps moves x' by ``step_size`` (l2) along the normalized gradient of
+    -log((1/m) sum_j softmax(f(x' + e_j))_y), then clips x' to [0, 1] and scales x' - x back into the l2 ball of
+    radius ``epsilon``. ``model`` runs in eval mode (no dropout, BatchNorm running statistics) and only the
+    gradient with respect to the pixels is computed, so no parameter gets a ``.grad``.
+
+    Args:
+        model: a ``torch.nn.Module`` mapping [b * m, C, H, W] pixels to [b * m, K] logits (or an output with
+            ``logits``), differentiable with respect to its input.
+        clean: [b, C, H, W] clean pixels in [0, 1] (checked by the callers).
+        labels: [b] true classes (long, on ``clean``'s device).
+        noise: called once per step; returns the [b * m, C, H, W] noise in [0, 1] pixel units, the m draws of
+            image i in rows i * m .. i * m + m - 1.
+        epsilon: l2 radius in [0, 1] pixel units (> 0).
+        steps: gradient steps (>= 1); step_size: l2 length of a step (> 0); num_noise: m (>= 1).
+
+    Returns:
+        [b, C, H, W] attacked pixels in [0, 1], each within l2 distance ``epsilon`` of its clean image (detached).
+    """
     delta = torch.zeros_like(clean)
     with torch.enable_grad(), eval_mode(model):
         for _ in range(steps):
             delta.requires_grad_(True)
-            noise = torch.cat([torch.randn(shape, generator=g, device=clean.device) for g in generators])
-            noisy = (clean + delta).repeat_interleave(num_noise, dim=0) + sigma * noise
-            logits = _logits(model(noisy), len(noise))
+            draws = noise()
+            if draws.shape != (len(clean) * num_noise, *clean.shape[1:]):
+                raise ValueError(
+                    f"`noise` must return [b * m, C, H, W] = {[len(clean) * num_noise, *clean.shape[1:]]} draws, got "
+                    f"{list(draws.shape)}"
+                )
+            noisy = (clean + delta).repeat_interleave(num_noise, dim=0) + draws
+            logits = _logits(model(noisy), len(noisy))
             num_classes = logits.shape[1]
             if not (0 <= labels.min() and labels.max() < num_classes):
                 raise ValueError(
                     f"`labels` must be classes of the model, in [0, {num_classes}), got {labels.tolist()}"
                 )
             # log of the soft smoothed classifier, log mean_j softmax(f(x' + e_j)), computed stably
-            log_probabilities = logits.log_softmax(dim=1).view(len(clean), num_noise, -1)
+            log_probabilities = logits.float().log_softmax(dim=1).view(len(clean), num_noise, -1)
             log_smoothed = torch.logsumexp(log_probabilities, dim=1) - math.log(num_noise)
             loss = -log_smoothed.gather(1, labels[:, None]).sum()  # a sum: each image gets its own gradient
             gradient = torch.autograd.grad(loss, delta, allow_unused=True)[0] if loss.requires_grad else None
