@@ -4,13 +4,16 @@
         --diffusion_model runs/baselines/ddpm-mnist --seeds 0,1,2 --output_dir runs/compare/vit-0.25
 
 Trains each of ``--methods`` (default: the unadapted base, full fine-tuning, linear, LoRA, DoRA, adapter, VPT,
-consistency regularization, DnCNN with the MSE and the stability objective, given ``--surrogate_model`` DnCNN
-with the stability objective through that surrogate, and given ``--diffusion_model`` diffusion denoised
-smoothing) with the same epochs, batch size and noise, ``--seeded_methods`` once per seed;
-certifies the same validation images with the same noise seed; adds ``--pretrained label=folder`` runs
-trained elsewhere (e.g. ``blackbox=runs/blackbox/coordinator-0.25`` from ``examples/train_blackbox.py``). Writes
-in ``--output_dir``: one folder per run (the saved model, ``train_results.json``, ``certify/``; a rerun reuses
-them and resumes), ``comparison.md``, ``comparison.tex``, ``comparison.json`` and ``certified_accuracy.png``.
+LoRA and full fine-tuning with each training objective (``consistency`` = LoRA with consistency regularization,
+``full-consistency``, ``lora-smoothadv``, ``full-smoothadv``, ``lora-macer``, ``full-macer``; options and m from
+``--objective_options`` and ``--noise_samples``), DnCNN with the MSE and the stability objective, given
+``--surrogate_model`` DnCNN with the stability objective through that surrogate, and given
+``--diffusion_model`` diffusion denoised smoothing) with the same epochs, batch size and noise,
+``--seeded_methods`` once per seed; certifies the same validation images with the same noise seed; adds
+``--pretrained label=folder`` runs trained elsewhere (e.g. ``blackbox=runs/blackbox/coordinator-0.25`` from
+``examples/train_blackbox.py``). Writes in ``--output_dir``: one folder per run (the saved model,
+``train_results.json``, ``certify/``; a rerun reuses them and resumes), ``comparison.md``, ``comparison.tex``,
+``comparison.json`` and ``certified_accuracy.png``.
 The arguments may also come as one JSON file: ``python examples/compare.py args.json``.
 """
 

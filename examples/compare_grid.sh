@@ -4,7 +4,9 @@
 #   1. the stand-in bases (embedded_default.sh's ViT; a 0.3M-parameter ResNet), a small DDPM on the clean
 #      training digits, and one black-box coordinator per configuration (its encoder pretrained once);
 #   2. examples/compare.py per configuration: base, full and LoRA (3 seeds each for full and LoRA), linear,
-#      DoRA, adapter and VPT (ViT only: they need a transformer), consistency, DnCNN (MSE, stability, stability through the other base as the
+#      DoRA, adapter and VPT (ViT only: they need a transformer), consistency (LoRA), LoRA and full fine-tuning with
+#      each training objective (full-consistency, lora-/full-smoothadv, lora-/full-macer; 3 seeds each; options
+#      and m: comparison.DEFAULT_OBJECTIVE_OPTIONS / DEFAULT_NOISE_SAMPLES), DnCNN (MSE, stability, stability through the other base as the
 #      surrogate), diffusion, and the coordinator; 50 held-out digits (every 20th), n0 = 100, alpha = 0.001,
 #      n = 6,000 at sigma = 0.25 (ceiling sigma * Phi^-1(alpha^(1/n)) = 0.76) and n = 2,000 at sigma = 0.5
 #      (ceiling 1.35);
@@ -37,7 +39,8 @@ COMMON="--report_to none --save_strategy no --logging_steps 50 --dataloader_num_
 ENCODER=""
 for CONFIG in $CONFIGS; do
   ARCH=${CONFIG%-*}; SIGMA=${CONFIG#*-}
-  METHODS=base,full,lora,linear,dora,adapter,vpt,consistency,dncnn-mse,dncnn-stability
+  OBJECTIVE_ROWS=full-consistency,lora-smoothadv,full-smoothadv,lora-macer,full-macer
+  METHODS=base,full,lora,linear,dora,adapter,vpt,consistency,$OBJECTIVE_ROWS,dncnn-mse,dncnn-stability
   if [ "$ARCH" = vit ]; then BASE=$VIT; SURROGATE=$RESNET; else BASE=$RESNET; SURROGATE=$VIT; fi
   [ "$ARCH" = vit ] || METHODS=${METHODS/adapter,vpt,/}  # bottleneck adapters and VPT need a transformer
   if [ "$SIGMA" = 0.25 ]; then N=6000; else N=2000; fi
@@ -51,7 +54,7 @@ for CONFIG in $CONFIGS; do
   case " $DIFFUSION_CONFIGS " in *" $CONFIG "*) DIFFUSION="--diffusion_model $DDPM" ;; esac
   echo "== $CONFIG: every method =="
   python examples/compare.py --base "$BASE" --output_dir "$OUT/$CONFIG" --sigma "$SIGMA" --n "$N" --skip 20 \
-    --methods "$METHODS" --seeds 0,1,2 --surrogate_model "$SURROGATE" $DIFFUSION --pretrained "blackbox=$COORDINATOR"
+    --methods "$METHODS" --seeds 0,1,2 --seeded_methods "lora,full,$OBJECTIVE_ROWS" --surrogate_model "$SURROGATE" $DIFFUSION --pretrained "blackbox=$COORDINATOR"
   mkdir -p "benchmarks/results/comparison/$CONFIG"
   cp "$OUT/$CONFIG"/comparison.{md,tex,json} "$OUT/$CONFIG/certified_accuracy.png" "benchmarks/results/comparison/$CONFIG/"
 done

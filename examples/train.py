@@ -2,6 +2,8 @@
 
     accelerate launch examples/train.py --model_name_or_path google/vit-base-patch16-224 \
         --dataset_name cifar10 --new_head --method lora --sigma 0.25 --output_dir runs/vit-lora-0.25
+    accelerate launch examples/train.py ... --objective smoothadv --objective_options '{"epsilon": 0.5, "steps": 2}' \
+        --num_noise_samples 2
 
 Offline, on the embedded data (``embedded:mnist``, ``embedded:digits``) and a local base folder, see the
 README. Saves the adapter, the image processor and ``smoothing_config.json`` in ``--output_dir``, and with
@@ -29,6 +31,7 @@ from smoothing_hf import (
     trainable_parameters,
 )
 from smoothing_hf.checks import parse_json_object
+from smoothing_hf.objectives import OBJECTIVES, get_objective
 from smoothing_hf.space import certify_size_for_base
 
 
@@ -53,9 +56,20 @@ class ModelArguments:
 
 @dataclass
 class SmoothingArguments:
-    num_noise_samples: int = field(default=1, metadata={"help": "Noisy copies of each image per batch (m)."})
-    consistency_weight: float = field(
-        default=0.0, metadata={"help": "Weight of the consistency loss (Jeong and Shin, 2020); > 0 needs m >= 2."}
+    objective: str = field(
+        default="gaussian", metadata={"help": f"Training objective: {', '.join(OBJECTIVES)}."}
+    )
+    objective_options: str = field(
+        default="{}",
+        metadata={"help": 'JSON options of the objective, e.g. \'{"epsilon": 0.5, "steps": 2}\' for smoothadv.'},
+    )
+    num_noise_samples: int = field(
+        default=1, metadata={"help": "Noisy copies of each image per batch (m); consistency and macer need m >= 2."}
+    )
+    consistency_weight: float | None = field(
+        default=None,
+        metadata={"help": "Older shorthand for --objective consistency --objective_options "
+                  "'{\"lbd\": weight, \"eta\": 0}'; not with --objective."},
     )
 
 
@@ -67,6 +81,8 @@ def main() -> None:
         arguments = parser.parse_args_into_dataclasses()
     model_args, data_args, smoothing_args, training_args = arguments
     method_options = parse_json_object(model_args.method_options, "method_options")  # before the data is loaded
+    objective_options = parse_json_object(smoothing_args.objective_options, "objective_options")
+    get_objective(smoothing_args.objective).parse_options(objective_options)  # checked before the data is loaded
     set_seed(training_args.seed)  # before the model is built: a new head and the adapter start from random weights
 
     dataset = data_args.load()
@@ -89,6 +105,8 @@ def main() -> None:
         model,
         training_args,
         num_noise_samples=smoothing_args.num_noise_samples,
+        objective=smoothing_args.objective,
+        objective_options=objective_options or None,
         consistency_weight=smoothing_args.consistency_weight,
         train_dataset=dataset["train"].with_transform(transform),
         eval_dataset=dataset["validation"].with_transform(transform),
@@ -100,15 +118,15 @@ def main() -> None:
     trainable, total = trainable_parameters(model)
     metrics = {
         **train_output.metrics, "method": model_args.method, "sigma": model_args.sigma,
+        **trainer.objective_record(),
         "noisy_accuracy_before": before["before_accuracy"], "noisy_accuracy_after": after["eval_accuracy"],
         "trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total,
         "training_seconds": train_output.metrics["train_runtime"],
     }
     model.record_training(
         dataset_name=data_args.source, steps=train_output.global_step,
-        epochs=round(train_output.metrics["epoch"], 2), num_noise_samples=smoothing_args.num_noise_samples,
-        consistency_weight=smoothing_args.consistency_weight, noisy_accuracy=after["eval_accuracy"],
-    )
+        epochs=round(train_output.metrics["epoch"], 2), noisy_accuracy=after["eval_accuracy"],
+    )  # the trainer recorded the objective, its options and num_noise_samples
     if trainer.is_world_process_zero():
         model.save_pretrained(training_args.output_dir)
     trainer.log_metrics("train", metrics)  # log_metrics, save_metrics and save_state act on the main process only

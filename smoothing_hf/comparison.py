@@ -1,7 +1,8 @@
 """Every method side by side: the same base model, noise level, data and training budget, one table.
 
 ``run_comparison`` trains each method (``COMPARISON_METHODS``: the unadapted base, full fine-tuning, the PEFT
-methods, consistency regularization, the denoisers of denoised and diffusion denoised smoothing) on the
+methods, LoRA and full fine-tuning with each training objective (consistency regularization, SmoothAdv, MACER),
+the denoisers of denoised and diffusion denoised smoothing) on the
 same base at the same sigma, saves it, and certifies the same held-out images with the same noise seed; some
 methods several times with different training seeds. Each run is a folder (``save_pretrained``'s files,
 ``train_results.json``, ``certify/``), computed first and reused when present (rerunning resumes, as
@@ -31,6 +32,7 @@ from .data import check_labels
 from .files import read_json, write_json
 from .methods import METHODS, Trains, trainable_parameters
 from .modeling import SmoothedImageClassifier
+from .objectives import OBJECTIVES, get_objective
 from .pipeline import certify
 from .reporting.comparison import CERTIFY_DIR, TRAIN_RESULTS_NAME, write_comparison
 from .trainer import SmoothingTrainer
@@ -42,18 +44,18 @@ class ComparisonMethod:
     """One row of the comparison: how its model is built on the base and how it is trained.
 
     ``method``: the ``METHODS`` name the base is adapted with (None: the base stays as it is); ``denoiser``:
-    "dncnn" or "diffusion", an input module in front of the frozen base; ``objective``: the denoiser's training
-    objective (``DenoiserTrainer``); ``second_model``: the ``ComparisonSettings`` field naming a model the row
-    needs besides the base (a surrogate classifier, a DDPM); ``consistency``: Jeong and Shin's consistency loss
-    over two noisy copies; ``trains``: False for rows that train nothing; ``learning_rate``: the
-    ``ComparisonSettings`` field of its learning rate."""
+    "dncnn" or "diffusion", an input module in front of the frozen base; ``objective``: the training objective,
+    the denoiser's (``DenoiserTrainer``: "mse", "stability") in a denoiser row, otherwise a
+    ``smoothing_hf.objectives.OBJECTIVES`` name (None: "gaussian"), with its options and m from the settings'
+    ``objective_options`` and ``noise_samples``; ``second_model``: the ``ComparisonSettings`` field naming a
+    model the row needs besides the base (a surrogate classifier, a DDPM); ``trains``: False for rows that
+    train nothing; ``learning_rate``: the ``ComparisonSettings`` field of its learning rate."""
 
     description: str
     method: str | None = None
     denoiser: str | None = None
     objective: str | None = None
     second_model: str | None = None
-    consistency: bool = False
     trains: bool = True
     learning_rate: str = "learning_rate"
 
@@ -65,6 +67,11 @@ def _registry_row(name: str) -> ComparisonMethod:
                             learning_rate="full_learning_rate" if every else "learning_rate")
 
 
+def _objective_row(name: str, objective: str, description: str) -> ComparisonMethod:
+    """The row of a ``METHODS`` name trained with a ``SmoothingTrainer`` objective."""
+    return replace(_registry_row(name), description=description, objective=objective)
+
+
 COMPARISON_METHODS: dict[str, ComparisonMethod] = {
     "base": ComparisonMethod("the base model, unadapted (no training)", trains=False),
     "full": replace(_registry_row("full"), description="full fine-tuning under noise (Cohen et al.)"),
@@ -73,9 +80,12 @@ COMPARISON_METHODS: dict[str, ComparisonMethod] = {
     "dora": replace(_registry_row("dora"), description="DoRA"),
     "adapter": replace(_registry_row("adapter"), description="bottleneck adapters"),
     "vpt": replace(_registry_row("vpt"), description="visual prompt tuning"),
-    "consistency": ComparisonMethod(
-        "LoRA with consistency regularization (Jeong and Shin, 2020; m = 2)", method="lora", consistency=True
-    ),
+    "consistency": _objective_row("lora", "consistency", "LoRA with consistency regularization (Jeong and Shin, 2020)"),
+    "full-consistency": _objective_row("full", "consistency", "full fine-tuning with consistency regularization"),
+    "lora-smoothadv": _objective_row("lora", "smoothadv", "LoRA with SmoothAdv training (Salman et al., 2019)"),
+    "full-smoothadv": _objective_row("full", "smoothadv", "full fine-tuning with SmoothAdv training"),
+    "lora-macer": _objective_row("lora", "macer", "LoRA with MACER (Zhai et al., 2020)"),
+    "full-macer": _objective_row("full", "macer", "full fine-tuning with MACER"),
     "dncnn-mse": ComparisonMethod(
         "DnCNN denoiser, MSE objective (Salman et al., 2020)", denoiser="dncnn", objective="mse",
         learning_rate="denoiser_learning_rate",
@@ -105,6 +115,18 @@ def comparison_method(name: str) -> ComparisonMethod:
     raise ValueError(f"unknown method {name!r}; allowed: {sorted(set(COMPARISON_METHODS) | set(METHODS))}")
 
 
+DEFAULT_OBJECTIVE_OPTIONS = {
+    "consistency": {"lbd": 5.0, "eta": 0.0},
+    "smoothadv": {"epsilon": 0.5, "steps": 2, "warmup_epochs": 2},
+    "macer": {"lbd": 12.0, "gamma": 8.0, "beta": 16.0},
+}
+"""The grid's objective options: consistency as the earlier grid ran it (the KL term alone, weight 5), SmoothAdv
+with Salman et al.'s epsilon 0.5 and 2 steps warmed up over half of the 4 epochs, MACER with Zhai et al.'s values."""
+DEFAULT_NOISE_SAMPLES = {"consistency": 2, "smoothadv": 2, "macer": 4}
+"""The grid's m per objective: 2 for consistency and SmoothAdv, 4 for MACER (Zhai et al. use 16, four times the
+cost per step)."""
+
+
 @dataclass
 class ComparisonSettings:
     """What every method shares (base, sigma, data, training budget, certification) and per-method options."""
@@ -115,7 +137,14 @@ class ComparisonSettings:
     learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the PEFT methods and the head."})
     full_learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate of full fine-tuning."})
     denoiser_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the DnCNN denoisers."})
-    consistency_weight: float = field(default=5.0, metadata={"help": "Weight of the consistency loss (m = 2 copies)."})
+    objective_options: str = field(
+        default=json.dumps(DEFAULT_OBJECTIVE_OPTIONS),
+        metadata={"help": "Options of each training objective (JSON: objective -> options; others: the defaults)."},
+    )
+    noise_samples: str = field(
+        default=json.dumps(DEFAULT_NOISE_SAMPLES),
+        metadata={"help": "Noisy copies m of each image per batch, per training objective (JSON; others: 1)."},
+    )
     dncnn_options: str = field(default='{"depth": 6, "width": 16}', metadata={"help": "DnCNN options (JSON)."})
     diffusion_model: str | None = field(
         default=None, metadata={"help": "DDPM pipeline (Hub id or folder) of 'diffusion'."}
@@ -135,6 +164,24 @@ class ComparisonSettings:
 
     def __post_init__(self) -> None:  # a typo in the JSON fails before any training
         parse_json_object(self.dncnn_options, "dncnn_options")
+        for name in OBJECTIVES:
+            self.objective_setup(name)
+
+    def objective_setup(self, objective: str) -> dict[str, Any]:
+        """The ``SmoothingTrainer`` arguments of ``objective``: ``objective``, its checked ``objective_options``
+        and ``num_noise_samples``."""
+        options = parse_json_object(self.objective_options, "objective_options")
+        counts = parse_json_object(self.noise_samples, "noise_samples")
+        for name, value in (("objective_options", options), ("noise_samples", counts)):
+            unknown = sorted(set(value) - set(OBJECTIVES))
+            if unknown:
+                raise ValueError(f"`{name}` has keys {unknown} that are not objectives; allowed: {list(OBJECTIVES)}")
+        row = get_objective(objective)
+        return {
+            "objective": objective,
+            "objective_options": row.parse_options(options.get(objective)),
+            "num_noise_samples": row.check_noise_samples(counts.get(objective, 1)),
+        }
 
 
 def second_model(name: str, settings: ComparisonSettings) -> str:
@@ -232,17 +279,13 @@ def _train(
         seed=seed,
         dataloader_num_workers=0,
     )
-    if row.objective is not None:
+    if row.denoiser is not None and row.objective is not None:
         surrogate = None
         if row.second_model is not None:  # trained through the surrogate (query access to the base)
             surrogate = SmoothedImageClassifier.from_pretrained(second_model(method, settings), sigma=settings.sigma)
         trainer = DenoiserTrainer(model, args, objective=row.objective, surrogate=surrogate, **data)
-    elif row.consistency:
-        trainer = SmoothingTrainer(
-            model, args, num_noise_samples=2, consistency_weight=settings.consistency_weight, **data
-        )
     else:
-        trainer = SmoothingTrainer(model, args, **data)
+        trainer = SmoothingTrainer(model, args, **settings.objective_setup(row.objective or "gaussian"), **data)
     trains = row.trains
     before = trainer.evaluate(metric_key_prefix="before")["before_accuracy"]
     started = time.perf_counter()
