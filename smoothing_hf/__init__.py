@@ -16,6 +16,7 @@ _EXPORTS = {
     "blackbox.spsa": ("SPSAGC",),
     "blackbox.target": ("BlackBoxClassifier", "QueryBudgetExceeded"),
     "blackbox.training": ("train_coordinator",),
+    "certified_pipeline": ("CertifiedImageClassificationPipeline",),
     "certification": ("ABSTAIN", "Certificate", "RadiusDecision", "Smoother", "certificates_from_counts",
                       "clopper_pearson_lower"),
     "config": ("SMOOTHING_CONFIG_NAME", "SmoothingConfig"),
@@ -37,6 +38,12 @@ _EXPORTS = {
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [name for names in _EXPORTS.values() for name in names]
+
+# pipeline("certified-image-classification", model=...) after `import smoothing_hf`: the task is registered when
+# transformers.pipelines is imported (at once if it already is), so this import stays free of transformers.
+from .registration import register_task_when_transformers_pipelines_loads  # noqa: E402
+
+register_task_when_transformers_pipelines_loads()
 
 
 def __getattr__(name: str) -> Any:

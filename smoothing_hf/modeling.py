@@ -95,6 +95,11 @@ class SmoothedImageClassifier(torch.nn.Module):
     def num_channels(self) -> int:
         return len(self.config.image_mean)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (transformers' ``Pipeline`` places its inputs there)."""
+        return next(self.parameters()).device
+
     @classmethod
     def from_pretrained(
         cls,
