@@ -118,7 +118,8 @@ def main() -> None:
     trainable, total = trainable_parameters(model)
     metrics = {
         **train_output.metrics, "method": model_args.method, "sigma": model_args.sigma,
-        **trainer.objective_record(),
+        "objective": trainer.training_objective.name,
+        "num_noise_samples": trainer.num_noise_samples,  # the objective's options: in smoothing_config.json
         "noisy_accuracy_before": before["before_accuracy"], "noisy_accuracy_after": after["eval_accuracy"],
         "trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total,
         "training_seconds": train_output.metrics["train_runtime"],
