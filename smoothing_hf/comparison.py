@@ -139,11 +139,13 @@ class ComparisonSettings:
     denoiser_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the DnCNN denoisers."})
     objective_options: str = field(
         default=json.dumps(DEFAULT_OBJECTIVE_OPTIONS),
-        metadata={"help": "Options of each training objective (JSON: objective -> options; others: the defaults)."},
+        metadata={"help": "Options of the training objectives (JSON: objective -> options); an objective named here "
+                  "gets these options instead of DEFAULT_OBJECTIVE_OPTIONS' (the rest of its options: its defaults)."},
     )
     noise_samples: str = field(
         default=json.dumps(DEFAULT_NOISE_SAMPLES),
-        metadata={"help": "Noisy copies m of each image per batch, per training objective (JSON; others: 1)."},
+        metadata={"help": "Noisy copies m of each image per batch, per training objective (JSON: objective -> m), "
+                  "over DEFAULT_NOISE_SAMPLES; an objective in neither: 1."},
     )
     dncnn_options: str = field(default='{"depth": 6, "width": 16}', metadata={"help": "DnCNN options (JSON)."})
     diffusion_model: str | None = field(
@@ -176,6 +178,7 @@ class ComparisonSettings:
             unknown = sorted(set(value) - set(OBJECTIVES))
             if unknown:
                 raise ValueError(f"`{name}` has keys {unknown} that are not objectives; allowed: {list(OBJECTIVES)}")
+        options, counts = {**DEFAULT_OBJECTIVE_OPTIONS, **options}, {**DEFAULT_NOISE_SAMPLES, **counts}
         row = get_objective(objective)
         return {
             "objective": objective,

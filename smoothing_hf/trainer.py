@@ -178,19 +178,20 @@ class SmoothingTrainer(Trainer):
             loss, outputs = cross_entropy(batch)
         return (loss, outputs) if return_outputs else loss
 
-    def objective_record(self) -> dict[str, Any]:
+    def training_record(self) -> dict[str, Any]:
         """How this trainer trains, as ``config.training`` records it: the objective's name, its options (a JSON
-        object) and m."""
+        object; left out for an objective without options, such as "gaussian") and m."""
+        options = dataclasses.asdict(self.objective_options)
         return {
             "objective": self.training_objective.name,
-            "objective_options": dataclasses.asdict(self.objective_options),
+            **({"objective_options": options} if options else {}),
             "num_noise_samples": self.num_noise_samples,
         }
 
     def train(self, *args: Any, **kwargs: Any):
-        """``Trainer.train``, then the objective recorded in ``model.config.training`` (``objective_record``)."""
+        """``Trainer.train``, then the objective recorded in ``model.config.training`` (``training_record``)."""
         output = super().train(*args, **kwargs)
-        self.model.record_training(**self.objective_record())
+        self.model.record_training(**self.training_record())
         return output
 
 

@@ -214,3 +214,34 @@ def test_bad_dncnn_options_fail_when_the_settings_are_made():
         ComparisonSettings(sigma=0.25, dncnn_options="{depth: 6}")
     with pytest.raises(ValueError, match="`dncnn_options`"):
         ComparisonSettings(sigma=0.25, dncnn_options="[6, 16]")
+
+
+def test_a_training_objective_row_trains_and_certifies_on_a_tiny_model(tiny_vit_gray_dir, tmp_path):
+    settings = ComparisonSettings(
+        sigma=0.25, epochs=0.02, batch_size=8, eval_batch_size=256, n0=10, n=20, alpha=0.1, skip=200,
+        certify_batch_size=64, objective_options='{"smoothadv": {"epsilon": 0.25, "steps": 1}}',
+    )
+    run_comparison(tiny_vit_gray_dir, load_image_dataset("embedded:digits"), settings, tmp_path,
+                   methods=["lora-smoothadv"], seeds=[0, 1], seeded_methods=["lora-smoothadv"])
+    for seed in (0, 1):
+        run = tmp_path / f"lora-smoothadv-seed{seed}"
+        training = SmoothedImageClassifier.from_pretrained(run).config.training
+        assert training["objective"] == "smoothadv" and training["num_noise_samples"] == 2
+        assert training["objective_options"] == {"epsilon": 0.25, "steps": 1, "step_size": None, "warmup_epochs": 10}
+        assert json.loads((run / "certify" / "summary.json").read_text())["num_examples"] == 2
+    (row,) = json.loads((tmp_path / "comparison.json").read_text())["rows"]
+    assert row["name"] == "lora-smoothadv" and row["seeds"] == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("objective_options", '{"smoothadv": {"epsilon": 0}}', r"objective 'smoothadv'.*`epsilon`"),
+        ("objective_options", '{"smoothadv": {"lbd": 1}}', r"\['lbd'\] do not belong to objective 'smoothadv'"),
+        ("objective_options", '{"adversarial": {}}', r"`objective_options` has keys \['adversarial'\]"),
+        ("noise_samples", '{"macer": 1}', r"objective 'macer' needs `num_noise_samples` >= 2"),
+    ],
+)
+def test_bad_objective_settings_fail_when_the_settings_are_made(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        ComparisonSettings(sigma=0.25, **{field: value})
