@@ -15,8 +15,8 @@ forward batches, and the answers are ``model.certify``'s on the stacked pixels w
 gets ``seed`` itself, image i of a list gets ``smoothing_hf.derive_seed(seed, i)`` (a list of seeds gives one
 per image).
 
-This module imports no model code at import time (``SmoothedImageClassifier`` loads on first use), so the
-registration costs little inside someone else's ``import transformers.pipelines``.
+Importing this module registers the task. It imports no model code at import time (``SmoothedImageClassifier``
+loads on first use), so the registration costs little inside someone else's ``import transformers.pipelines``.
 """
 
 from __future__ import annotations
@@ -103,6 +103,9 @@ class CertifiedImageClassificationPipeline(Pipeline):
         self.pixel_transform = model.image_transform()
         self.smoother = model.smoother()  # the adapter merged into a copy of the weights, once
         self.id2label = {int(k): str(v) for k, v in model.model.config.id2label.items()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma={self.smoother.sigma:g}, device={self.device})"
 
     def _sanitize_parameters(
         self,
@@ -269,9 +272,12 @@ def _warn_if_n_too_small(mode: str, n: int, alpha: float) -> None:
 
 
 def register_pipeline() -> None:
-    """Register the task with transformers' ``PIPELINE_REGISTRY`` (done on ``import smoothing_hf``)."""
+    """Register the task with transformers' ``PIPELINE_REGISTRY``; importing this module does it."""
     from transformers.pipelines import PIPELINE_REGISTRY
 
     PIPELINE_REGISTRY.register_pipeline(
         TASK, pipeline_class=CertifiedImageClassificationPipeline, pt_model=SmoothedModelLoader, type="image"
     )
+
+
+register_pipeline()

@@ -31,7 +31,10 @@ def register_task_when_transformers_pipelines_loads() -> None:
 
 
 def _register() -> None:
-    importlib.import_module(TASK_MODULE).register_pipeline()
+    """Importing the task module registers the task; a task module whose own import loads transformers.pipelines
+    (it is then in sys.modules, half run) registers it when it has run."""
+    if TASK_MODULE not in sys.modules:
+        importlib.import_module(TASK_MODULE)
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
