@@ -1,14 +1,18 @@
-"""Sample efficiency: fixed-radius decisions and adaptive certification against Cohen's fixed-n CERTIFY.
+"""Sample efficiency: the paper's table from several radii at once, and adaptive radii, against Cohen's CERTIFY.
 
 On the same held-out images, the same seeds and the same alpha:
   - standard: ``Smoother.certify`` with n0 = 100, n = 100,000 (what papers run);
-  - fixed radius: ``Smoother.certify_at_radius`` at r = 0.25 and r = 0.5 with up to max_n = 100,000;
-    compared with the standard run's certified accuracy at the same r;
-  - adaptive: ``Smoother.certify(..., tolerance=t)`` with the budget n = 100,000; compared with the
-    standard run's certified accuracy at each radius and ACR.
-Each image's noise stream is the same in all runs (``derive_seed(seed, idx)``), so the sequential modes
-draw a prefix of the standard run's samples. Writes JSON: mean/median samples per image, the ratio of
-the standard's samples to each, certified accuracies (%) and their differences (percentage points).
+  - radii: ``Smoother.certify_at_radii`` at r = 0, 0.25, 0.5, 0.75 with up to max_n = 100,000, for each
+    confidence sequence (betting, bonferroni): certified accuracy at each radius against the standard run's,
+    and the share of (image, radius) decisions that agree;
+  - adaptive: ``Smoother.certify(..., tolerance=t)`` with the budget n = 100,000, for each confidence sequence:
+    certified accuracy at each radius and ACR against the standard run's.
+Each image's noise stream is the same in all runs (``derive_seed(seed, idx)``), so the sequential modes draw a
+prefix of the standard run's samples. The images go in groups (``--group``, as the dataset pipeline packs
+them); every variant certifies a group before the next group starts, so a change in machine load between
+groups touches all variants alike. Writes JSON after every group: mean/median samples per image, the ratio
+of the standard's samples to each, wall seconds and their ratio, certified accuracies (%) and differences
+(percentage points).
 
     python benchmarks/sample_efficiency.py --model runs/embedded/vit-lora-0.25 \
         --output benchmarks/results/sample_efficiency.json
@@ -25,31 +29,32 @@ import numpy as np
 import torch
 
 from smoothing_hf import ABSTAIN, ImageClassificationTransform, SmoothedImageClassifier, derive_seed, load_image_dataset
+from smoothing_hf.certification import CONFIDENCE_SEQUENCES
 from smoothing_hf.files import write_json
 
 RADII = (0.0, 0.25, 0.5, 0.75)
 
 
-def certified_accuracy(correct: np.ndarray, radii: np.ndarray, radius: float) -> float:
-    """Percentage of images certified correctly with radius >= ``radius``."""
-    return float(100 * np.mean(correct & (radii >= radius)))
+def certified_at(correct: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """[images, len(RADII)]: certified correctly at each radius of RADII (radius >= r)."""
+    return correct[:, None] & (radii[:, None] >= np.array(RADII)[None, :])
+
+
+def accuracy_table(certified: np.ndarray) -> dict[str, float]:
+    return {f"{r:g}": float(100 * certified[:, j].mean()) for j, r in enumerate(RADII)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/embedded/vit-lora-0.25", help="A saved smoothing model folder.")
     parser.add_argument("--dataset_name", default="embedded:mnist")
-    parser.add_argument("--num_images", type=int, default=50, help="Held-out images, spread evenly over the split.")
+    parser.add_argument("--num_images", type=int, default=100, help="Held-out images, spread evenly over the split.")
     parser.add_argument("--n0", type=int, default=100)
     parser.add_argument("--n", type=int, default=100_000, help="Standard n, and max_n of the sequential modes.")
     parser.add_argument("--alpha", type=float, default=0.001)
-    parser.add_argument(
-        "--radii", type=float, nargs="+", default=[0.25, 0.5], help="Radii tested in fixed-radius mode."
-    )
-    parser.add_argument(
-        "--tolerances", type=float, nargs="+", default=[0.02, 0.05], help="Tolerances of adaptive mode."
-    )
+    parser.add_argument("--tolerances", type=float, nargs="+", default=[0.05], help="Tolerances of adaptive mode.")
     parser.add_argument("--batch_size", type=int, default=500)
+    parser.add_argument("--group", type=int, default=10, help="Images per call (the pipeline's packing).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="benchmarks/results/sample_efficiency.json")
     args = parser.parse_args()
@@ -64,93 +69,93 @@ def main() -> None:
     labels = np.array([item["labels"] for item in items])
     seeds = [derive_seed(args.seed, idx) for idx in indices]
     smoother = model.smoother()
-    common = dict(n0=args.n0, alpha=args.alpha, batch_size=args.batch_size, seed=seeds)
+    common = dict(n0=args.n0, alpha=args.alpha, batch_size=args.batch_size)
 
-    tic = time.perf_counter()
-    standard = smoother.certify(images, n=args.n, **common)
-    standard_seconds = time.perf_counter() - tic
+    variants = {"standard": lambda x, s: smoother.certify(x, n=args.n, seed=s, **common)}
+    for confidence in CONFIDENCE_SEQUENCES:
+        variants[f"radii/{confidence}"] = lambda x, s, c=confidence: smoother.certify_at_radii(
+            x, RADII, max_n=args.n, seed=s, confidence=c, **common
+        )
+    for confidence in CONFIDENCE_SEQUENCES:
+        for tolerance in args.tolerances:
+            variants[f"adaptive/{confidence}/{tolerance:g}"] = lambda x, s, c=confidence, t=tolerance: smoother.certify(
+                x, n=args.n, seed=s, tolerance=t, confidence=c, **common
+            )
+    answers: dict[str, list] = {name: [] for name in variants}
+    seconds = dict.fromkeys(variants, 0.0)
+    for start in range(0, len(indices), args.group):
+        group = slice(start, start + args.group)
+        for name, run in variants.items():
+            tic = time.perf_counter()
+            answers[name].extend(run(images[group], seeds[group]))
+            seconds[name] += time.perf_counter() - tic
+        report = summarize(args, model.sigma, indices[: group.stop], labels[: group.stop], answers, seconds)
+        write_json(report, args.output)
+        print(f"{len(answers['standard'])} images:", {name: round(s) for name, s in seconds.items()}, flush=True)
+    print_report(report)
+
+
+def summarize(args, sigma: float, indices: list[int], labels: np.ndarray, answers: dict, seconds: dict) -> dict:
+    standard = answers["standard"]
     standard_samples = np.array([c.samples for c in standard])
     standard_correct = np.array([c.prediction == y and c.prediction != ABSTAIN for c, y in zip(standard, labels)])
     standard_radii = np.array([c.radius for c in standard])
-    results = {
-        "standard": {
-            "n0": args.n0,
-            "n": args.n,
-            "mean_samples": float(standard_samples.mean()),
-            "seconds": standard_seconds,
-            "certified_accuracy": {f"{r:g}": certified_accuracy(standard_correct, standard_radii, r) for r in RADII},
-            "acr": float(np.mean(standard_radii * standard_correct)),
-        },
-        "fixed_radius": {},
-        "adaptive": {},
-    }
+    reference = certified_at(standard_correct, standard_radii)
+    standard_accuracy = accuracy_table(reference)
+    standard_acr = float(np.mean(standard_radii * standard_correct))
 
-    for radius in args.radii:
-        tic = time.perf_counter()
-        decisions = smoother.certify_at_radius(images, radius, max_n=args.n, **common)
-        seconds = time.perf_counter() - tic
+    def costs(name: str, samples: np.ndarray) -> dict:
+        return {
+            "mean_samples": float(samples.mean()), "median_samples": float(np.median(samples)),
+            "samples_ratio": float(standard_samples.mean() / samples.mean()),
+            "seconds": seconds[name], "seconds_ratio": seconds["standard"] / seconds[name],
+        }
+
+    results: dict = {"standard": {"n0": args.n0, "n": args.n, "certified_accuracy": standard_accuracy,
+                                  "acr": standard_acr, **costs("standard", standard_samples)}}
+    for name, decisions in answers.items():
         samples = np.array([d.samples for d in decisions])
-        certified = np.array([d.certified and d.prediction == y for d, y in zip(decisions, labels)])
-        accuracy = float(100 * certified.mean())
-        reference = certified_accuracy(standard_correct, standard_radii, radius)
-        results["fixed_radius"][f"{radius:g}"] = {
-            "certified_accuracy": accuracy,
-            "standard_certified_accuracy": reference,
-            "difference_pp": accuracy - reference,
-            "mean_samples": float(samples.mean()),
-            "median_samples": float(np.median(samples)),
-            "samples_ratio": float(standard_samples.mean() / samples.mean()),
-            "images_decided_differently": int(np.sum(certified != (standard_correct & (standard_radii >= radius)))),
-            "seconds": seconds,
-        }
-
-    for tolerance in args.tolerances:
-        tic = time.perf_counter()
-        certificates = smoother.certify(images, n=args.n, tolerance=tolerance, **common)
-        seconds = time.perf_counter() - tic
-        samples = np.array([c.samples for c in certificates])
-        correct = np.array([c.prediction == y and c.prediction != ABSTAIN for c, y in zip(certificates, labels)])
-        radii = np.array([c.radius for c in certificates])
-        accuracy = {f"{r:g}": certified_accuracy(correct, radii, r) for r in RADII}
-        results["adaptive"][f"{tolerance:g}"] = {
-            "certified_accuracy": accuracy,
-            "difference_pp": {r: accuracy[r] - results["standard"]["certified_accuracy"][r] for r in accuracy},
-            "acr": float(np.mean(radii * correct)),
-            "acr_difference": float(np.mean(radii * correct) - results["standard"]["acr"]),
-            "mean_samples": float(samples.mean()),
-            "median_samples": float(np.median(samples)),
-            "samples_ratio": float(standard_samples.mean() / samples.mean()),
-            "seconds": seconds,
-        }
-
-    report = {
-        "model": os.path.abspath(args.model),
-        "dataset": args.dataset_name,
-        "split": "validation",
-        "indices": indices,
-        "num_images": len(indices),
-        "sigma": model.sigma,
-        "alpha": args.alpha,
-        "batch_size": args.batch_size,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        if name.startswith("radii/"):
+            correct = np.array([d.prediction == y for d, y in zip(decisions, labels)])
+            certified = np.array([d.certified for d in decisions]) & correct[:, None]
+            accuracy = accuracy_table(certified)
+            results[name] = {
+                "certified_accuracy": accuracy,
+                "difference_pp": {r: accuracy[r] - standard_accuracy[r] for r in accuracy},
+                "decisions_agreeing": float(np.mean(certified == reference)),
+                **costs(name, samples),
+            }
+        elif name.startswith("adaptive/"):
+            correct = np.array([c.prediction == y and c.prediction != ABSTAIN for c, y in zip(decisions, labels)])
+            radii = np.array([c.radius for c in decisions])
+            accuracy = accuracy_table(certified_at(correct, radii))
+            results[name] = {
+                "certified_accuracy": accuracy,
+                "difference_pp": {r: accuracy[r] - standard_accuracy[r] for r in accuracy},
+                "acr": float(np.mean(radii * correct)),
+                "acr_difference": float(np.mean(radii * correct)) - standard_acr,
+                **costs(name, samples),
+            }
+    return {
+        "model": os.path.abspath(args.model), "dataset": args.dataset_name, "split": "validation",
+        "indices": indices, "num_images": len(indices), "sigma": sigma, "alpha": args.alpha, "radii": list(RADII),
+        "batch_size": args.batch_size, "group": args.group,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
         **results,
     }
-    write_json(report, args.output)
-    print(
-        f"standard: n0 = {args.n0}, n = {args.n}: {standard_samples.mean():.0f} samples per image, "
-        f"certified {results['standard']['certified_accuracy']}, ACR {results['standard']['acr']:.3f}"
-    )
-    for radius, row in results["fixed_radius"].items():
-        print(
-            f"fixed radius {radius}: {row['certified_accuracy']:.1f}% "
-            f"(standard {row['standard_certified_accuracy']:.1f}%), "
-            f"{row['mean_samples']:.0f} samples per image = {row['samples_ratio']:.1f}x fewer"
-        )
-    for tolerance, row in results["adaptive"].items():
-        print(
-            f"adaptive, tolerance {tolerance}: certified {row['certified_accuracy']}, ACR {row['acr']:.3f}, "
-            f"{row['mean_samples']:.0f} samples per image = {row['samples_ratio']:.1f}x fewer"
-        )
+
+
+def print_report(report: dict) -> None:
+    for name in report:
+        row = report[name]
+        if isinstance(row, dict) and "mean_samples" in row:
+            extra = f", ACR {row['acr']:.3f}" if "acr" in row else ""
+            agreeing = row.get("decisions_agreeing")
+            agree = "" if agreeing is None else f", decisions agreeing {100 * agreeing:.1f}%"
+            print(f"{name}: {row['mean_samples']:.0f} samples per image ({row['samples_ratio']:.1f}x fewer), "
+                  f"{row['seconds']:.0f} s ({row['seconds_ratio']:.1f}x less), certified {row['certified_accuracy']}"
+                  f"{extra}{agree}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ Writes ``certify.tsv`` (idx, label, predict, radius, correct, time) and ``summar
 and prints certified accuracy at radii 0, 0.25, 0.5, 0.75 with the ACR and the abstain rate. Rerunning
 with the same ``--output_dir`` resumes. ``--mode predict`` runs Cohen's PREDICT instead (``predict.tsv``).
 Sample-efficient modes, with the same (1 - alpha) guarantee: ``--mode fixed_radius --radius 0.5 --max_n 100000``
-decides "robust at radius 0.5?" per image, stopping as soon as that is settled; ``--mode adaptive
+decides "robust at radius 0.5?" per image, stopping as soon as that is settled; ``--mode radii --radii 0 0.25
+0.5 0.75 --max_n 100000`` decides it at every one of those radii from one confidence sequence (the paper's
+table, a 0/1 ``certified_<r>`` column per radius); ``--mode adaptive
 --tolerance 0.02 --max_n 100000`` certifies radii, stopping once more samples would add less than the
 tolerance. A ``samples`` column after Cohen's records the noisy forward passes each image took.
 ``--update_model_card true`` writes the results into the model folder's ``smoothing_config.json`` and card.
@@ -32,9 +34,10 @@ from smoothing_hf import (
     certify,
     check_labels,
 )
+from smoothing_hf.certification import CONFIDENCE_SEQUENCES, DEFAULT_CONFIDENCE
 from smoothing_hf.data import EvaluationDatasetArguments
 from smoothing_hf.hub import update_results
-from smoothing_hf.reporting import format_summary
+from smoothing_hf.reporting import DEFAULT_RADII, format_summary
 from smoothing_hf.space import certify_size_for_base
 from smoothing_hf.weights_files import optional_file
 
@@ -69,19 +72,31 @@ class CertifyArguments:
     mode: str = field(
         default="certify",
         metadata={"help": "certify (CERTIFY, radii), predict (PREDICT, abstentions), fixed_radius (is each image "
-                  "robust at --radius?) or adaptive (CERTIFY with adaptive sample sizes, --tolerance)."},
+                  "robust at --radius?), radii (at each of --radii?) or adaptive (CERTIFY with adaptive sample "
+                  "sizes, --tolerance)."},
+    )
+    radii: list[float] = field(
+        default_factory=lambda: list(DEFAULT_RADII),
+        metadata={"help": "l2 radii (pixels in [0, 1]) the summary reports; radii mode: the radii tested."},
     )
     radius: float | None = field(
         default=None, metadata={"help": "fixed_radius mode: the l2 radius to test (pixels in [0, 1])."}
     )
     max_n: int | None = field(
-        default=None, metadata={"help": "fixed_radius / adaptive modes: most estimation samples per image."}
+        default=None, metadata={"help": "fixed_radius / radii / adaptive modes: most estimation samples per image."}
     )
     tolerance: float | None = field(
         default=None,
         metadata={"help": "adaptive mode: stop when the next round would raise the radius by less than this."},
     )
-    growth: float = field(default=4.0, metadata={"help": "fixed_radius / adaptive modes: factor between round sizes."})
+    growth: float = field(
+        default=4.0, metadata={"help": "Sequential modes: factor between round sizes (bonferroni) or look-ahead."}
+    )
+    confidence: str | None = field(
+        default=None,
+        metadata={"help": f"Sequential modes: the confidence sequence, one of {list(CONFIDENCE_SEQUENCES)} "
+                  f"(default {DEFAULT_CONFIDENCE})."},
+    )
     update_model_card: bool = field(
         default=False,
         metadata={"help": "Write the results into the smoothing_config.json and README.md of --model_name_or_path "
@@ -121,8 +136,8 @@ def main() -> None:
         n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
         output_dir=args.output_dir, max_examples=args.max_examples, skip=args.skip, num_shards=args.num_shards,
         shard_index=args.shard_index, sample_parallel=args.sample_parallel, mode=args.mode, radius=args.radius,
-        max_n=args.max_n, tolerance=args.tolerance, growth=args.growth, dataset_name=data_args.source,
-        split=data_args.split,
+        max_n=args.max_n, tolerance=args.tolerance, growth=args.growth, confidence=args.confidence, radii=args.radii,
+        dataset_name=data_args.source, split=data_args.split,
     )
     if PartialState().is_main_process:
         samples = summary["samples_per_image"]
@@ -132,6 +147,8 @@ def main() -> None:
               f"median {samples['median']:.0f}")
         if args.mode in ("certify", "adaptive"):
             print(format_summary(summary))
+        elif args.mode == "radii":
+            print(", ".join(f"r = {r}: {a:.4f}" for r, a in summary["certified_accuracy"].items()))
         elif args.mode == "fixed_radius":
             print(f"certified accuracy at r = {args.radius:g}: {summary['certified_accuracy'][f'{args.radius:g}']:.4f}")
         else:

@@ -14,21 +14,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from .certification import ABSTAIN, Smoother, certificates_from_counts, predictions_from_counts
+from .certification import (
+    ABSTAIN,
+    CONFIDENCE_SEQUENCES,
+    Smoother,
+    certificates_from_counts,
+    check_radii_to_test,
+    predictions_from_counts,
+)
+from .checks import check_choice, check_number, check_positive_int, is_number
 from .files import COHEN_COLUMNS
 from .noise import Phase
 from .reporting import summarize
+from .reporting.metrics import check_radii
+from .reporting.validation import radius_column
 
-MODE_OPTIONS = ("radius", "max_n", "tolerance")
-"""Settings without a default: given only to the modes that take them."""
+MODE_OPTIONS = ("radius", "max_n", "tolerance", "confidence")
+"""Settings without a default in ``certify()``: given only to the modes that take them."""
+
 
 
 @dataclass(frozen=True)
 class Mode:
     """One way of certifying a dataset.
 
-    ``takes``: the sample settings it uses, among n0, n, radius, max_n, tolerance, growth (the others are
-    recorded as None). ``decide(smoother, pixels, seeds, settings, batch_size)`` certifies a group of images;
+    ``takes``: the sample settings it uses, among n0, n, radius, radii, max_n, tolerance, growth, confidence
+    (the others are recorded as None); a mode that takes radii has one 0/1 column per radius tested.
+    ``decide(smoother, pixels, seeds, settings, batch_size)`` certifies a group of images;
     ``row(decision, settings)`` gives its row's predict, radius and samples. ``from_counts`` (sample-parallel
     modes only) makes the decisions from class counts summed over processes, one [B, K] array per
     ``(phase, setting)`` of ``phases``. ``summarize(rows, settings, radii)`` gives the summary's figures."""
@@ -44,6 +56,12 @@ class Mode:
     from_counts: Callable[[list[np.ndarray], dict, float], list] | None = None
     plots: bool = False
 
+    def columns_for(self, settings: dict) -> tuple[str, ...]:
+        """The TSV's columns in a run with ``settings``: ``columns``, then one per radius in radii mode."""
+        if "radii" not in self.takes:
+            return self.columns
+        return self.columns[: len(COHEN_COLUMNS)] + tuple(map(radius_column, settings["radii"])) + OUR_COLUMNS
+
     def fewest_samples(self, settings: dict) -> int:
         """The fewest noisy samples an image can take: images are packed into a forward batch below it."""
         return sum(settings[name] for name in ("n0", "n") if name in self.takes)
@@ -58,6 +76,20 @@ def _radius_row(decision: Any, settings: dict) -> dict:
     reads the same way as in certify mode."""
     return {"predict": decision.prediction, "radius": settings["radius"] if decision.certified else 0.0,
             "samples": decision.samples}
+
+
+def _tested_radii_row(decision: Any, settings: dict) -> dict:
+    """In radii mode ``radius`` is the largest radius tested that is certified (0.0 if none), so certified
+    accuracy at the tested radii reads the same way as in certify mode; one 0/1 column per radius says it."""
+    certified = dict(zip(settings["radii"], decision.certified))
+    return {"predict": decision.prediction, "radius": max([r for r, c in certified.items() if c], default=0.0),
+            "samples": decision.samples, **{radius_column(r): int(c) for r, c in certified.items()}}
+
+
+def _tested_radii_summary(rows: list[dict], settings: dict, radii: Sequence[float]) -> dict:
+    """Certified accuracy at the radii tested only (other radii, and the ACR, are not known)."""
+    figures = summarize(rows, sorted(settings["radii"]))
+    return {key: value for key, value in figures.items() if key != "acr"}
 
 
 def _radii_summary(rows: list[dict], settings: dict, radii: Sequence[float]) -> dict:
@@ -97,22 +129,82 @@ MODES = {
             from_counts=lambda counts, s, sigma: predictions_from_counts(counts[0], s["alpha"]),
         ),
         Mode(
-            "fixed_radius", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS, ("n0", "radius", "max_n", "growth"),
+            "fixed_radius", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS,
+            ("n0", "radius", "max_n", "growth", "confidence"),
             decide=lambda smoother, pixels, seeds, s, batch: smoother.certify_at_radius(
                 pixels, s["radius"], n0=s["n0"], max_n=s["max_n"], alpha=s["alpha"], batch_size=batch, seed=seeds,
-                growth=s["growth"]),
+                growth=s["growth"], confidence=s["confidence"]),
             row=_radius_row, summarize=_fixed_radius_summary,
         ),
         Mode(
-            "adaptive", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS, ("n0", "tolerance", "max_n", "growth"),
+            "adaptive", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS,
+            ("n0", "tolerance", "max_n", "growth", "confidence"),
             decide=lambda smoother, pixels, seeds, s, batch: smoother.certify(
                 pixels, n0=s["n0"], n=s["max_n"], alpha=s["alpha"], batch_size=batch, seed=seeds,
-                tolerance=s["tolerance"], growth=s["growth"]),
+                tolerance=s["tolerance"], growth=s["growth"], confidence=s["confidence"]),
             row=_certificate_row, summarize=_radii_summary, plots=True,
+        ),
+        Mode(
+            "radii", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS, ("n0", "radii", "max_n", "growth", "confidence"),
+            decide=lambda smoother, pixels, seeds, s, batch: smoother.certify_at_radii(
+                pixels, s["radii"], n0=s["n0"], max_n=s["max_n"], alpha=s["alpha"], batch_size=batch, seed=seeds,
+                growth=s["growth"], confidence=s["confidence"]),
+            row=_tested_radii_row, summarize=_tested_radii_summary,
         ),
     ]
 }
-"""The certification modes by name. Every TSV has Cohen's columns (predict mode: no radius), then the noisy
-samples spent on the example and its ``pixel_digest`` (``smoothing_hf.run_folder.pixel_digest``). The
+"""The certification modes by name. Every TSV has Cohen's columns (predict mode: no radius), then (radii mode)
+one 0/1 ``certified_<r>`` column per radius tested, then the noisy samples spent on the example and its
+``pixel_digest`` (``smoothing_hf.run_folder.pixel_digest``). The
 sequential modes (no ``phases``) decide after each round of samples, so they split images, not samples, over
 processes."""
+
+
+def check_mode(
+    mode: str,
+    n0: int,
+    n: int,
+    radius: float | None,
+    max_n: int | None,
+    tolerance: float | None,
+    growth: float,
+    confidence: str | None,
+    radii: Sequence[float],
+    sample_parallel: bool,
+) -> Mode:
+    """The ``MODES`` row of ``mode``, after checking the settings it takes (``smoothing_hf.pipeline.certify``'s
+    arguments); a setting without a default (radius, max_n, tolerance, confidence) given to a mode that does not
+    take it is an error."""
+    chosen = MODES[check_choice(mode, "mode", MODES)]
+    given = {"radius": radius, "max_n": max_n, "tolerance": tolerance, "confidence": confidence}
+    unused = [name for name in MODE_OPTIONS if given[name] is not None and name not in chosen.takes]
+    if unused:
+        takers = sorted(m.name for m in MODES.values() if set(unused) & set(m.takes))
+        raise ValueError(f"{unused} apply to mode {' or '.join(repr(t) for t in takers)} only, got mode={mode!r}")
+    if sample_parallel and chosen.from_counts is None:
+        raise ValueError(
+            f"mode={mode!r} decides after each round of samples: it splits images over processes, not samples"
+        )
+    if "n0" in chosen.takes:
+        check_positive_int(n0, "n0")
+    if "n" in chosen.takes:
+        check_positive_int(n, "n")
+    if "max_n" in chosen.takes and (max_n is None or check_positive_int(max_n, "max_n") < n0):
+        raise ValueError(
+            f"mode={mode!r} needs `max_n`, the most estimation samples per image, an int >= n0 = {n0}; got {max_n!r}"
+        )
+    if "radius" in chosen.takes and not (is_number(radius) and radius >= 0):
+        raise ValueError(
+            f"mode={mode!r} needs `radius`, the l2 radius to test (>= 0, pixels in [0, 1]); got {radius!r}"
+        )
+    if "tolerance" in chosen.takes and not (is_number(tolerance) and tolerance > 0):
+        raise ValueError(f"mode={mode!r} needs `tolerance`, a radius > 0 (l2, pixels in [0, 1]); got {tolerance!r}")
+    if "growth" in chosen.takes:
+        check_number(growth, "growth", minimum=1, strict_minimum=True)
+    if "confidence" in chosen.takes and confidence is not None:
+        check_choice(confidence, "confidence", CONFIDENCE_SEQUENCES)
+    if "radii" in chosen.takes:
+        check_radii_to_test(radii)
+    else:
+        check_radii(radii, "radii")
+    return chosen

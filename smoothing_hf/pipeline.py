@@ -29,20 +29,17 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, reduce
 from tqdm.auto import tqdm
 
-from .certification import ABSTAIN, Smoother
+from .certification import ABSTAIN, DEFAULT_CONFIDENCE, Smoother, check_radii_to_test
 from .checks import (
     check_alpha,
-    check_choice,
-    check_number,
     check_optional_positive_int,
     check_positive_int,
     check_seed,
-    is_number,
 )
 from .data import labelled_batch
 from .files import appending_rows, read_json, read_rows, write_json, write_rows
 from .modeling import SmoothedImageClassifier
-from .modes import MODE_OPTIONS, MODES, Mode
+from .modes import MODES, Mode, check_mode
 from .noise import chunk_sizes, derive_seed
 from .reporting import DEFAULT_RADII, plot_certified_accuracy
 from .run_folder import SETTINGS_NAME, done_rows, pixel_digest, read_settings, record_settings
@@ -69,6 +66,7 @@ def certify(
     max_n: int | None = None,
     tolerance: float | None = None,
     growth: float = 4.0,
+    confidence: str | None = None,
     radii: Sequence[float] = DEFAULT_RADII,
     evaluate_metric: Any = None,
     dataset_name: str | None = None,
@@ -95,9 +93,15 @@ def certify(
             images, huge n); the rows are the same either way.
         mode: a ``MODES`` name: "certify" (Cohen's CERTIFY, ``certify.tsv``), "predict" (PREDICT,
             ``predict.tsv``), "fixed_radius" (``Smoother.certify_at_radius`` at ``radius`` with up to
-            ``max_n`` estimation samples, ``certify.tsv``) or "adaptive" (``Smoother.certify`` with
-            ``tolerance``, up to ``max_n`` estimation samples, ``certify.tsv``); ``growth`` is the round-size
-            factor of both. The sequential modes split images, not samples, over processes.
+            ``max_n`` estimation samples, ``certify.tsv``), "adaptive" (``Smoother.certify`` with
+            ``tolerance``, up to ``max_n`` estimation samples, ``certify.tsv``) or "radii"
+            (``Smoother.certify_at_radii`` at every one of ``radii`` with up to ``max_n`` estimation samples,
+            ``certify.tsv`` with a 0/1 column per radius). ``growth`` and ``confidence`` (the confidence
+            sequence, ``smoothing_hf.certification.CONFIDENCE_SEQUENCES``; default
+            ``DEFAULT_CONFIDENCE``) are those of the sequential modes, which split images, not samples, over
+            processes.
+        radii: the l2 radii (pixels in [0, 1]) the summary reports certified accuracy at; in radii mode, the
+            radii tested (any order, no repeats), and the summary reports those only.
         dataset_name, split: the dataset's identity (Hub id, ``embedded:<name>`` or folder; its split), recorded
             in ``settings.json`` and checked on resume.
         evaluate_metric: optionally, the certified accuracy ``evaluate`` module
@@ -107,14 +111,15 @@ def certify(
     Returns:
         The summary written to ``summary.json``.
     """
-    chosen = _check_mode(mode, n0, n, radius, max_n, tolerance, growth, sample_parallel)
+    chosen = check_mode(mode, n0, n, radius, max_n, tolerance, growth, confidence, radii, sample_parallel)
     _check_selection(skip, max_examples, num_shards, shard_index)
     alpha, seed, batch_size = check_alpha(alpha), check_seed(seed), check_positive_int(batch_size, "batch_size")
     for name, value in (("dataset_name", dataset_name), ("split", split)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"`{name}` must be a str or None, got {type(value).__name__}")
     state = PartialState(cpu=not torch.cuda.is_available())
-    given = {"n0": n0, "n": n, "radius": radius, "max_n": max_n, "tolerance": tolerance, "growth": growth}
+    given = {"n0": n0, "n": n, "radius": radius, "radii": check_radii_to_test(radii), "max_n": max_n,
+             "tolerance": tolerance, "growth": growth, "confidence": confidence or DEFAULT_CONFIDENCE}
     settings = {
         "mode": mode,
         "sigma": model.sigma,
@@ -143,7 +148,8 @@ def certify(
     smoother = model.to(state.device).smoother()
     examples, shape = _read_examples(dataset, selected, smoother, model.num_labels, mode)
     settings["space"] = describe(shape[1:], shape[0])  # where the radii live: l2 in [0, 1] pixels of H x W x C
-    done = done_rows(output_dir, settings, chosen.tsv_name, chosen.columns, examples)  # every check before a write
+    columns = chosen.columns_for(settings)
+    done = done_rows(output_dir, settings, chosen.tsv_name, columns, examples)  # every check before a write
     state.wait_for_everyone()
     if state.is_main_process:
         record_settings(output_dir, settings)
@@ -163,7 +169,7 @@ def certify(
     writes_rows = state.is_main_process or not sample_parallel
     progress_path = os.path.join(output_dir, f"progress-{state.process_index}.tsv")
     no_rows = contextlib.nullcontext(lambda row: None)
-    with appending_rows(progress_path, chosen.columns) if writes_rows else no_rows as append:
+    with appending_rows(progress_path, columns) if writes_rows else no_rows as append:
         if sample_parallel:
             work = [[idx] for idx in remaining]
         else:
@@ -241,7 +247,8 @@ def merge_shards(
             f"`shard_dirs` must hold shards 0..{first['num_shards'] - 1} once each, got shard indices {shard_indices}"
         )
     chosen = MODES[first["mode"]]
-    rows = [row for folder in shard_dirs for row in read_rows(os.path.join(folder, chosen.tsv_name), chosen.columns)]
+    columns = chosen.columns_for(first)
+    rows = [row for folder in shard_dirs for row in read_rows(os.path.join(folder, chosen.tsv_name), columns)]
     indices = [row["idx"] for row in rows]
     repeated = sorted(i for i, count in collections.Counter(indices).items() if count > 1)
     if repeated:
@@ -257,47 +264,6 @@ def merge_shards(
 
 
 # ---------------------------------------------------------------------------------------------- steps
-
-
-def _check_mode(
-    mode: str,
-    n0: int,
-    n: int,
-    radius: float | None,
-    max_n: int | None,
-    tolerance: float | None,
-    growth: float,
-    sample_parallel: bool,
-) -> Mode:
-    """The ``MODES`` row of ``mode``, after checking the settings it takes; a setting without a default
-    (radius, max_n, tolerance) given to a mode that does not take it is an error."""
-    chosen = MODES[check_choice(mode, "mode", MODES)]
-    given = {"radius": radius, "max_n": max_n, "tolerance": tolerance}
-    unused = [name for name in MODE_OPTIONS if given[name] is not None and name not in chosen.takes]
-    if unused:
-        takers = sorted(m.name for m in MODES.values() if set(unused) & set(m.takes))
-        raise ValueError(f"{unused} apply to mode {' or '.join(repr(t) for t in takers)} only, got mode={mode!r}")
-    if sample_parallel and chosen.from_counts is None:
-        raise ValueError(
-            f"mode={mode!r} decides after each round of samples: it splits images over processes, not samples"
-        )
-    if "n0" in chosen.takes:
-        check_positive_int(n0, "n0")
-    if "n" in chosen.takes:
-        check_positive_int(n, "n")
-    if "max_n" in chosen.takes and (max_n is None or check_positive_int(max_n, "max_n") < n0):
-        raise ValueError(
-            f"mode={mode!r} needs `max_n`, the most estimation samples per image, an int >= n0 = {n0}; got {max_n!r}"
-        )
-    if "radius" in chosen.takes and not (is_number(radius) and radius >= 0):
-        raise ValueError(
-            f"mode={mode!r} needs `radius`, the l2 radius to test (>= 0, pixels in [0, 1]); got {radius!r}"
-        )
-    if "tolerance" in chosen.takes and not (is_number(tolerance) and tolerance > 0):
-        raise ValueError(f"mode={mode!r} needs `tolerance`, a radius > 0 (l2, pixels in [0, 1]); got {tolerance!r}")
-    if "growth" in chosen.takes:
-        check_number(growth, "growth", minimum=1, strict_minimum=True)
-    return chosen
 
 
 def _check_selection(skip: int, max_examples: int | None, num_shards: int, shard_index: int) -> None:
@@ -364,7 +330,7 @@ def _finish(
     samples_per_second: float | None,
 ) -> dict:
     """Write the final TSV, summary and plot; remove the progress files."""
-    write_rows(rows, os.path.join(output_dir, chosen.tsv_name), chosen.columns)
+    write_rows(rows, os.path.join(output_dir, chosen.tsv_name), chosen.columns_for(settings))
     summary = chosen.summarize(rows, settings, radii)
     if chosen.plots:
         plot_certified_accuracy(

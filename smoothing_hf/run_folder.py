@@ -33,9 +33,11 @@ RESUME_KEYS = (
     "dataset",
     "space",
     "radius",
+    "radii",
     "max_n",
     "tolerance",
     "growth",
+    "confidence",
 )
 """Settings a resumed run must share with the folder's recorded ones. Batch size and process count may differ
 (rows do not depend on them); ``max_examples`` may grow (a finished run is extended) but not drop examples the

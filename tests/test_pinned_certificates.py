@@ -21,12 +21,23 @@ PINNED = {  # (idx, predict, radius, samples); predict mode has no radius
                      (5, 9, 0.1, 138)],
     "adaptive": [(0, 9, 0.4161165046763502, 522), (1, 6, 0.07395370324642755, 138), (2, 9, 0.5854477254335427, 2010),
                  (3, 9, 0.6912016275968795, 2010), (4, 9, 0.6200580478541193, 2010), (5, 9, 0.6912016275968795, 2010)],
+    # Pinned when the betting confidence sequence and the radii mode came (issue 19).
+    "adaptive-betting": [(0, 9, 0.36230605682461076, 394), (1, 6, 0.06742284890721292, 266),
+                         (2, 9, 0.5086075888303582, 778), (3, 9, 0.6077862536421352, 1162),
+                         (4, 9, 0.5379701689697711, 906), (5, 9, 0.6077862536421352, 1162)],
+    "radii-betting": [(0, 9, 0.3, 2010), (1, 6, 0.1, 522), (2, 9, 0.5, 778), (3, 9, 0.5, 394), (4, 9, 0.5, 650),
+                      (5, 9, 0.5, 394)],
+    "radii-bonferroni": [(0, 9, 0.3, 2010), (1, 6, 0.1, 522), (2, 9, 0.5, 522), (3, 9, 0.5, 522), (4, 9, 0.5, 522),
+                         (5, 9, 0.5, 522)],
 }
-MODE_SETTINGS = {
-    "certify": dict(n0=10, n=400),
-    "predict": dict(n=300),
-    "fixed_radius": dict(n0=10, radius=0.1, max_n=2000),
-    "adaptive": dict(n0=10, tolerance=0.05, max_n=2000),
+RUNS = {  # name: (mode, its settings); the sequential modes' first pins were taken with the bonferroni sequence
+    "certify": ("certify", dict(n0=10, n=400)),
+    "predict": ("predict", dict(n=300)),
+    "fixed_radius": ("fixed_radius", dict(n0=10, radius=0.1, max_n=2000, confidence="bonferroni")),
+    "adaptive": ("adaptive", dict(n0=10, tolerance=0.05, max_n=2000, confidence="bonferroni")),
+    "adaptive-betting": ("adaptive", dict(n0=10, tolerance=0.05, max_n=2000, confidence="betting")),
+    "radii-betting": ("radii", dict(n0=10, radii=[0.0, 0.1, 0.3, 0.5], max_n=2000, confidence="betting")),
+    "radii-bonferroni": ("radii", dict(n0=10, radii=[0.0, 0.1, 0.3, 0.5], max_n=2000, confidence="bonferroni")),
 }
 
 
@@ -44,17 +55,18 @@ def dataset():
     return [{"pixel_values": torch.rand(1, 28, 28, generator=generator), "labels": i % 10} for i in range(6)]
 
 
-@pytest.mark.parametrize("mode", sorted(PINNED))
-def test_pipeline_rows_are_the_pinned_ones(model, dataset, tmp_path, mode, one_thread):
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_pipeline_rows_are_the_pinned_ones(model, dataset, tmp_path, name, one_thread):
+    mode, settings = RUNS[name]
     smoothing_hf.certify(model, dataset, output_dir=tmp_path, alpha=0.01, batch_size=100, seed=7, mode=mode,
-                         **MODE_SETTINGS[mode])
+                         **settings)
     with open(tmp_path / ("predict.tsv" if mode == "predict" else "certify.tsv"), newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     assert [(int(r["idx"]), int(r["predict"]), int(r["samples"])) for r in rows] == [
-        (idx, predict, samples) for idx, predict, _, samples in PINNED[mode]
+        (idx, predict, samples) for idx, predict, _, samples in PINNED[name]
     ]
     if mode != "predict":
-        assert [float(r["radius"]) for r in rows] == pytest.approx([p[2] for p in PINNED[mode]], abs=1e-12)
+        assert [float(r["radius"]) for r in rows] == pytest.approx([p[2] for p in PINNED[name]], abs=1e-12)
 
 
 def test_smoother_certificates_on_the_linear_boundary_are_the_pinned_ones(linear_boundary):

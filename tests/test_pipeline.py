@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from smoothing_hf import SmoothedImageClassifier, derive_seed
+from smoothing_hf.certification import DEFAULT_CONFIDENCE
 from smoothing_hf.files import read_rows
 from smoothing_hf.pipeline import certify, merge_shards
 
@@ -114,6 +115,16 @@ def test_resuming_with_other_settings_is_an_error(model, dataset, tmp_path):
         certify(other_sigma, dataset, output_dir=tmp_path, max_examples=2, **SETTINGS)
 
 
+def test_resuming_radii_mode_with_other_radii_or_another_confidence_sequence_is_an_error(model, dataset, tmp_path):
+    radii = dict(SETTINGS, mode="radii", max_n=400, radii=[0.0, 0.05])
+    certify(model, dataset, output_dir=tmp_path, max_examples=2, **radii)
+    for change in ({"radii": [0.0, 0.02]}, {"radii": [0.05, 0.0]}, {"confidence": "bonferroni"}, {"max_n": 500}):
+        with pytest.raises(ValueError, match=f"{next(iter(change))}="):
+            certify(model, dataset, output_dir=tmp_path, max_examples=2, **{**radii, **change})
+    certify(model, dataset, output_dir=tmp_path, max_examples=3, **radii)  # the same run extends
+    assert [r["idx"] for r in read_rows(tmp_path / "certify.tsv")] == [0, 1, 2]
+
+
 def test_three_shards_merge_into_the_single_run(model, dataset, reference, tmp_path):
     shards = [tmp_path / f"shard-{i}" for i in range(3)]
     for index, folder in enumerate(shards):
@@ -179,7 +190,16 @@ def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_pa
         ),
         ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "sample_parallel": True}, "splits images over processes"),
         ({"radius": 0.25}, r"\['radius'\] apply to mode 'fixed_radius' only"),
-        ({"max_n": 500}, r"\['max_n'\] apply to mode 'adaptive' or 'fixed_radius' only"),
+        ({"max_n": 500}, r"\['max_n'\] apply to mode 'adaptive' or 'fixed_radius' or 'radii' only"),
+        ({"confidence": "betting"}, r"\['confidence'\] apply to mode 'adaptive' or 'fixed_radius' or 'radii' only"),
+        ({"mode": "radii", "radii": [0.25]}, "needs `max_n`"),
+        ({"mode": "radii", "max_n": 5, "radii": [0.25]}, r"needs `max_n`.*>= n0 = 10"),
+        ({"mode": "radii", "max_n": 500, "radii": []}, "`radii` must be a non-empty sequence"),
+        ({"mode": "radii", "max_n": 500, "radii": [0.25, 0.5, 0.25]}, "`radii` must not repeat a radius"),
+        ({"mode": "radii", "max_n": 500, "radii": [0.25, -0.5]}, r"`radii\[1\]` must be a finite number >= 0"),
+        ({"mode": "radii", "max_n": 500, "radii": [float("nan")]}, r"`radii\[0\]` must be a finite number >= 0"),
+        ({"mode": "radii", "max_n": 500, "confidence": "wald"}, "`confidence` must be one of"),
+        ({"mode": "radii", "max_n": 500, "sample_parallel": True}, "splits images over processes"),
         ({"alpha": float("nan")}, "`alpha`"),
         ({"alpha": 1.0}, "`alpha`"),
         ({"seed": -1}, "`seed`"),
@@ -197,7 +217,11 @@ def test_bad_arguments_are_refused_before_anything_is_written(model, dataset, tm
     certify(model, dataset, output_dir=folder, max_examples=1, **SETTINGS)  # the corrected command runs there
 
 
-@pytest.mark.parametrize("mode, option", [("fixed_radius", {"radius": 0.05}), ("adaptive", {"tolerance": 0.05})])
+@pytest.mark.parametrize(
+    "mode, option",
+    [("fixed_radius", {"radius": 0.05}), ("adaptive", {"tolerance": 0.05}),
+     ("radii", {"radii": [0.05, 0.0, 0.02]}), ("radii", {"radii": [0.02], "confidence": "bonferroni"})],
+)
 def test_sequential_modes_give_the_smoothers_answers_whatever_the_batch_size(model, dataset, tmp_path, mode, option):
     settings = dict(n0=10, max_n=700, alpha=0.01, seed=3, mode=mode, **option)
     summary = certify(model, dataset, output_dir=tmp_path / "a", batch_size=128, **settings)
@@ -211,6 +235,20 @@ def test_sequential_modes_give_the_smoothers_answers_whatever_the_batch_size(mod
         answers = smoother.certify_at_radius(pixels, 0.05, n0=10, max_n=700, alpha=0.01, batch_size=256, seed=seeds)
         expected = [(d.prediction, 0.05 if d.certified else 0.0, d.samples) for d in answers]
         assert set(summary["certified_accuracy"]) == {"0", "0.05"} and "acr" not in summary
+    elif mode == "radii":
+        radii, confidence = option["radii"], option.get("confidence", DEFAULT_CONFIDENCE)
+        answers = smoother.certify_at_radii(
+            pixels, radii, n0=10, max_n=700, alpha=0.01, batch_size=256, seed=seeds, confidence=confidence
+        )
+        expected = [(d.prediction, max([r for r, c in zip(radii, d.certified) if c], default=0.0), d.samples)
+                    for d in answers]
+        assert [tuple(r[f"certified_{radius:g}"] for radius in radii) for r in rows] == [
+            tuple(map(int, d.certified)) for d in answers
+        ]
+        assert set(summary["certified_accuracy"]) == {f"{r:g}" for r in radii} and "acr" not in summary
+        assert summary["settings"]["radii"] == radii and summary["settings"]["confidence"] == confidence
+        assert list(rows[0]) == ["idx", "label", "predict", "radius", "correct",
+                                 *(f"certified_{r:g}" for r in radii), "samples", "pixel_digest"]
     else:
         answers = smoother.certify(pixels, n0=10, n=700, alpha=0.01, batch_size=256, seed=seeds, tolerance=0.05)
         expected = [(c.prediction, c.radius, c.samples) for c in answers]

@@ -27,6 +27,7 @@ from smoothing_hf.reporting import (
     read_checked_rows,
     read_run,
     summarize,
+    summarize_run,
     write_report,
 )
 from smoothing_hf.reporting.comparison import comparison_rows, comparison_table
@@ -517,6 +518,25 @@ def test_each_modes_columns_are_checked(tmp_path):
     fixed_message = r"other.certify\.tsv, line 5: a fixed_radius run at radius 0\.25 .*got radius 0\.5"
     with pytest.raises(ValueError, match=fixed_message):
         read_run(other)
+    # radii: the largest radius tested that is certified, else 0.0, and a 0/1 column per radius that agrees with it
+    tested = {"mode": "radii", "radii": [0.5, 0.0, 0.25], "sigma": 0.5}
+    radii_header = HEADER.replace("time\n", "time\tcertified_0.5\tcertified_0\tcertified_0.25\n")
+    good = ["0\t3\t3\t0.5\t1\t1.0\t1\t1\t1\n", "1\t3\t3\t0.0\t1\t1.0\t0\t1\t0\n", "2\t3\t-1\t0.0\t0\t1.0\t0\t0\t0\n"]
+    folder = certify_folder(tmp_path / "radii", [], tested)
+    (folder / "certify.tsv").write_text(radii_header + "".join(good))
+    run = read_run(folder)
+    assert run.tested_radii == (0.0, 0.25, 0.5) and [row["certified_0.25"] for row in run.rows] == [1, 0, 0]
+    row = summarize_run(run, (0.0, 0.25, 0.5, 0.75))
+    assert row["certified_accuracy"] == {"0": 2 / 3, "0.25": 1 / 3, "0.5": 1 / 3, "0.75": None} and row["acr"] is None
+    for bad, message in (("3\t3\t3\t0.75\t1\t1.0\t1\t1\t1\n", r"line 5: a radii run at radii \[0\.5, 0\.0, 0\.25\]"),
+                         ("3\t3\t3\t0.25\t1\t1.0\t1\t1\t1\n", r"line 5: certified_0\.5 must be 0 where radius = 0\.25"),
+                         ("3\t3\t3\t0.0\t1\t1.0\t0\t0\t0\n", r"line 5: certified_0 must be 1 where .*predict = 3")):
+        (folder / "certify.tsv").write_text(radii_header + "".join(good) + bad)
+        with pytest.raises(ValueError, match=message):
+            read_run(folder)
+    (folder / "certify.tsv").write_text(HEADER + "".join(good))
+    with pytest.raises(ValueError, match="certified_0.5"):  # a radii run's columns are required
+        read_run(folder)
     adaptive = certify_folder(tmp_path / "adaptive", [*lines, line(3, 1, 1, 0.5, 1)], {"mode": "adaptive"})
     assert len(read_run(adaptive).rows) == 4  # any radius >= 0
     # predict: no radius column; correct, abstentions and samples are still checked
@@ -557,5 +577,11 @@ def test_the_pipelines_own_rows_pass_the_checks(tiny_vit_gray_dir, tmp_path):
     settings = dict(n0=10, alpha=0.01, batch_size=128, seed=3)
     certify(model, dataset, output_dir=tmp_path / "certify", n=100, **settings)
     certify(model, dataset, output_dir=tmp_path / "fixed", mode="fixed_radius", radius=0.05, max_n=300, **settings)
-    compared = compare_runs([tmp_path / "certify", tmp_path / "fixed"])
-    assert [(row["num_examples"], row["space"]) for row in compared] == [(6, "l2 in [0, 1] pixels of 28 x 28 x 1")] * 2
+    certify(model, dataset, output_dir=tmp_path / "radii", mode="radii", radii=[0.05, 0.0], max_n=300, **settings)
+    compared = compare_runs([tmp_path / "certify", tmp_path / "fixed", tmp_path / "radii"], radii=(0.0, 0.05, 0.1))
+    assert [(row["num_examples"], row["space"]) for row in compared] == [(6, "l2 in [0, 1] pixels of 28 x 28 x 1")] * 3
+    # Beside a standard run, the sequential runs show the radii they tested only.
+    assert [row["certified_accuracy"]["0.1"] is None for row in compared] == [False, True, True]
+    assert [row["acr"] is None for row in compared] == [False, True, True]
+    summary = json.loads((tmp_path / "radii" / "summary.json").read_text())
+    assert compared[2]["certified_accuracy"]["0.05"] == summary["certified_accuracy"]["0.05"]

@@ -16,6 +16,7 @@ from .certificates import (
     RadiiDecision,
     RadiusDecision,
     certificates_from_counts,
+    check_radii_to_test,
     predictions_from_counts,
 )
 from .confidence import (
@@ -29,7 +30,7 @@ from .smoother import Smoother, eval_mode
 
 __all__ = [
     "ABSTAIN", "CONFIDENCE_SEQUENCES", "Certificate", "ConfidenceSequence", "DEFAULT_CONFIDENCE", "RadiiDecision",
-    "RadiusDecision", "Smoother", "confidence_sequence", "certificates_from_counts", "clopper_pearson_bounds",
-    "clopper_pearson_lower", "eval_mode", "largest_certifiable_radius", "predictions_from_counts",
-    "radius_from_bound", "sample_schedule",
+    "RadiusDecision", "Smoother", "certificates_from_counts", "check_radii_to_test", "clopper_pearson_bounds",
+    "clopper_pearson_lower", "confidence_sequence", "eval_mode", "largest_certifiable_radius",
+    "predictions_from_counts", "radius_from_bound", "sample_schedule",
 ]

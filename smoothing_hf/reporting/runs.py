@@ -34,6 +34,8 @@ class Run:
     sigma: float | None
     rows: list[dict]
     space: str | None = None
+    tested_radii: tuple[float, ...] | None = None
+    """The only radii a fixed_radius or radii run knows about (0 among them); None where every radius is known."""
 
 
 def read_run(path: str | os.PathLike, name: str | None = None) -> Run:
@@ -44,7 +46,8 @@ def read_run(path: str | os.PathLike, name: str | None = None) -> Run:
     The rows are ``read_checked_rows``': a malformed line, a value no certification writes (a negative idx, say)
     or a row that contradicts itself or another (a repeated idx; correct = 1 with predict != label; an
     abstention with a radius) is a ValueError naming the file and line. Where the ``summary.json`` records a
-    fixed_radius run, every radius must be the one it tested or 0.0."""
+    fixed_radius or radii run, every radius must be one it tested or 0.0, and certified accuracy is known at
+    those radii (and 0) only."""
     name = run_label(path) if name is None else name
     if os.path.isdir(path):
         tsv = os.path.join(path, CERTIFY_TSV)
@@ -65,9 +68,14 @@ def read_run(path: str | os.PathLike, name: str | None = None) -> Run:
         summary = read_json(os.path.join(os.path.dirname(tsv), SUMMARY_JSON), missing_ok=True)
     settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
     sigma = settings.get("sigma") if is_number(settings.get("sigma")) else None
-    fixed_radius = settings.get("mode") == "fixed_radius" and is_number(settings.get("radius"))
-    rows = read_checked_rows(tsv, tested_radius=settings["radius"] if fixed_radius else None)
-    return Run(name=str(name), path=os.fspath(path), tsv=tsv, sigma=sigma, rows=rows, space=recorded_space(summary))
+    mode, tested = settings.get("mode"), None
+    if mode == "fixed_radius" and is_number(settings.get("radius")):
+        tested = (settings["radius"],)
+    elif mode == "radii" and isinstance(settings.get("radii"), list) and all(map(is_number, settings["radii"])):
+        tested = tuple(settings["radii"])
+    rows = read_checked_rows(tsv, tested_radii=tested, mode=mode)
+    return Run(name=str(name), path=os.fspath(path), tsv=tsv, sigma=sigma, rows=rows, space=recorded_space(summary),
+               tested_radii=None if tested is None else tuple(sorted({0.0, *tested})))
 
 
 def run_label(path: str | os.PathLike) -> str:
@@ -119,7 +127,8 @@ def summarize_run(run: Run, radii: Sequence[float] = COMPARISON_RADII) -> dict:
     """A comparison row for ``run``: ``name``, ``path``, ``tsv``, ``sigma``, ``space``, the ``summarize`` figures
     at ``radii`` (l2, [0, 1] pixels) and ``mean_samples``, the mean of a ``samples`` column (samples drawn per
     example) where every row has one, else None. A run of 0 examples has ``num_examples`` 0 and every figure None
-    (undefined, shown as a dash in the tables), not a division by zero."""
+    (undefined, shown as a dash in the tables), not a division by zero. A fixed_radius or radii run knows its
+    certified accuracy at the radii it tested only: the others, and the ACR, are None."""
     check_radii(radii, "radii")
     figures = {"name": run.name, "path": run.path, "tsv": run.tsv, "sigma": run.sigma, "space": run.space}
     if not run.rows:
@@ -127,7 +136,12 @@ def summarize_run(run: Run, radii: Sequence[float] = COMPARISON_RADII) -> dict:
         return {**figures, "num_examples": 0, "certified_accuracy": dict.fromkeys(f"{r:g}" for r in radii), **undefined}
     samples = [row.get("samples") for row in run.rows]
     mean_samples = float(np.mean(samples)) if all(is_number(value) for value in samples) else None
-    return {**figures, **summarize(run.rows, radii), "mean_samples": mean_samples}
+    summary = summarize(run.rows, radii)
+    if run.tested_radii is not None:
+        summary["acr"] = None
+        known = summary["certified_accuracy"].items()
+        summary["certified_accuracy"] = {key: value if float(key) in run.tested_radii else None for key, value in known}
+    return {**figures, **summary, "mean_samples": mean_samples}
 
 
 def compare_runs(

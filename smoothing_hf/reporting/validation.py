@@ -3,15 +3,18 @@ counts them.
 
 ``smoothing_hf.files.read_rows`` already refuses a line that is not a row (a wrong number of fields, a value
 that is not a number, a radius that is not a finite number >= 0, correct other than 0 or 1). On the rows it
-returns, ``read_checked_rows`` checks every column the file has, of any mode's TSV (certify, adaptive and
-fixed_radius write Cohen's columns and ``samples``; predict writes no radius):
+returns, ``read_checked_rows`` checks every column the file has, of any mode's TSV (certify, adaptive, fixed_radius
+and radii write Cohen's columns and ``samples``; radii adds one ``certified_<r>`` column per radius; predict
+writes no radius):
 
 - idx: an int >= 0, on one row only;
 - label: an int >= 0 (a class index);
 - predict: an int >= -1 (a class index, or -1 for an abstention);
 - correct: Cohen's ``int(predict == label)``: 1 where predict is the label, else 0, so 0 for an abstention;
-- radius: 0.0 for an abstention (DESIGN.md contract 2); in a fixed_radius run, the radius it tested where
-  certified, else 0.0;
+- radius: 0.0 for an abstention (DESIGN.md contract 2); in a fixed_radius or radii run, the largest radius it
+  tested that is certified, else 0.0;
+- certified_<r> (radii runs): 1 where r is certified, else 0: for r > 0, exactly where r <= radius; for r = 0,
+  exactly where the row predicts a class;
 - time: seconds, a finite number >= 0;
 - samples: noisy forward passes, an int >= 1 (or empty).
 """
@@ -41,16 +44,23 @@ ALLOWED = {  # column: (what it allows, in words; whether a value read by read_r
 
 
 def read_checked_rows(
-    path: str | os.PathLike, required: Sequence[str] = COHEN_COLUMNS, *, tested_radius: float | None = None
+    path: str | os.PathLike,
+    required: Sequence[str] = COHEN_COLUMNS,
+    *,
+    tested_radii: Sequence[float] | None = None,
+    mode: str = "fixed_radius",
 ) -> list[dict]:
     """The rows of the result TSV at ``path`` (``read_rows(path, required)``, which drops a torn last line with a
     ``UserWarning``), once each holds allowed values that agree with each other (the module's list) and no idx
-    repeats. ``tested_radius``: the radius a fixed_radius run tested (l2, [0, 1] pixels); every radius must then
-    be it or 0.0. Else a ValueError naming the file, the line (the header is line 1) and what is wrong."""
+    repeats. ``tested_radii``: the radii a ``mode`` run (fixed_radius or radii) tested (l2, [0, 1] pixels); every
+    radius must then be one of them or 0.0, and a radii run must have its ``certified_<r>`` columns. Else a
+    ValueError naming the file, the line (the header is line 1) and what is wrong."""
+    if tested_radii is not None and mode == "radii":
+        required = (*required, *(radius_column(r) for r in tested_radii))
     rows = read_rows(path, required)
     first_row: dict[int, int] = {}  # idx -> index of the row that has it first
     for index, row in enumerate(rows):
-        problem = _row_problem(row, tested_radius)
+        problem = _row_problem(row, tested_radii, mode)
         if problem is None and "idx" in row:
             first = first_row.setdefault(row["idx"], index)
             if first != index:
@@ -60,7 +70,12 @@ def read_checked_rows(
     return rows
 
 
-def _row_problem(row: dict, tested_radius: float | None) -> str | None:
+def radius_column(radius: float) -> str:
+    """The 0/1 column of a radii run for ``radius``: ``certified_0.25`` (as ``smoothing_hf.modes`` writes it)."""
+    return f"certified_{radius:g}"
+
+
+def _row_problem(row: dict, tested_radii: Sequence[float] | None, mode: str) -> str | None:
     """What is wrong with one row on its own, or None."""
     for column, (allowed, fits) in ALLOWED.items():
         if column in row and not fits(row[column]):
@@ -74,11 +89,24 @@ def _row_problem(row: dict, tested_radius: float | None) -> str | None:
         if correct == 1:
             return f"correct = 1 but predict = {predict} is not label = {label}"
         return f"correct = 0 but predict = label = {label}"
-    if tested_radius is not None and radius not in (0.0, tested_radius):
+    if tested_radii is None:
+        return None
+    if radius not in (0.0, *tested_radii):
+        tested = f"radius {tested_radii[0]!r}" if len(tested_radii) == 1 else f"radii {list(tested_radii)}"
         return (
-            f"a fixed_radius run at radius {tested_radius!r} (its summary.json) has that radius where certified, "
+            f"a {mode} run at {tested} (its summary.json) has the largest radius tested that is certified, "
             f"else 0.0; got radius {radius!r}"
         )
+    for tested in tested_radii:
+        column = radius_column(tested)
+        if column not in row:
+            continue
+        expected = int(predict != ABSTAIN) if tested == 0 else int(tested <= radius)
+        if row[column] != expected:
+            return (
+                f"{column} must be {expected} where radius = {radius!r} and predict = {predict} "
+                f"(1 exactly where {tested:g} is certified), got {row[column]!r}"
+            )
     return None
 
 
