@@ -46,7 +46,8 @@ DEFAULTS = {"n0": 100, "n": 10_000, "alpha": 0.001, "batch_size": 1_000, "seed":
 """The call arguments' defaults. Papers certify with n = 100,000 (``n=100_000``), which raises the largest
 certifiable radius, sigma * Phi^-1(alpha^(1/n)), from 3.2 sigma to 3.8 sigma at alpha = 0.001."""
 INPUT_KINDS = ("a PIL image, a path, an http(s) URL or a base64 string, a numpy array [H, W] or [H, W, C] (uint8 "
-               "0-255, or floats in [0, 1]), a torch tensor [C, H, W] of pixels in [0, 1], or a list of them")
+               "0-255, or floats in [0, 1]), a float torch tensor [C, H, W] of pixels in [0, 1] at the model's size "
+               "(taken as it is, as model.certify takes it), or a list of them")
 
 
 class SmoothedModelLoader:
@@ -165,8 +166,8 @@ class CertifiedImageClassificationPipeline(Pipeline):
     def preprocess(self, image: Any, timeout: float | None = None) -> torch.Tensor:
         """One image as [C, H, W] pixels in [0, 1] at the model's size, not normalized (the model normalizes).
         Paths, URLs, base64 strings and PIL images are read with transformers' ``load_image`` and converted to the
-        model's channels; uint8 arrays go the same way (through PIL); float arrays and tensors must already be in
-        [0, 1] with the model's channels."""
+        model's channels; uint8 arrays go the same way (through PIL); float arrays must already be in [0, 1] with the
+        model's channels; tensors are the model's pixels already (not resized)."""
         channels = self.model.num_channels
         if isinstance(image, np.ndarray) and not np.issubdtype(image.dtype, np.floating):
             if image.dtype != np.uint8:
@@ -181,8 +182,10 @@ class CertifiedImageClassificationPipeline(Pipeline):
                 raise ValueError(f"`inputs`: a float array must be [H, W] (1 channel) or [H, W, C] with C = "
                                  f"{channels}, the model's channels, got shape {image.shape}")
         elif isinstance(image, torch.Tensor):
-            if image.dim() != 3 or image.shape[0] != channels:
-                raise ValueError(f"`inputs`: a tensor must be [C, H, W] with C = {channels}, got {tuple(image.shape)}")
+            if image.dim() != 3 or image.shape[0] != channels or not image.is_floating_point():
+                raise ValueError(f"`inputs`: a tensor must be float [C, H, W] pixels with C = {channels}, got "
+                                 f"{image.dtype} {tuple(image.shape)}")
+            return image  # pixels at the model's size, as model.certify takes them (checked there)
         else:
             raise TypeError(f"`inputs` must be {INPUT_KINDS}; got {type(image).__name__}")
         return self.pixel_transform(image)

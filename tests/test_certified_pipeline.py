@@ -204,7 +204,9 @@ def test_bad_arguments_are_refused_naming_them(rgb, arguments, error, message):
     (np.zeros((28, 28), dtype=np.float32), ValueError, r"a float array must be \[H, W\] \(1 channel\) or \[H, W, C\]"),
     (np.zeros((28, 28, 3), dtype=np.int64), TypeError, "an integer array must be uint8"),
     (np.full((28, 28, 3), 2.0), ValueError, r"float images must hold pixels in \[0, 1\]"),
-    (torch.zeros(1, 28, 28), ValueError, r"a tensor must be \[C, H, W\] with C = 3"),
+    (torch.zeros(1, 28, 28), ValueError, r"a tensor must be float \[C, H, W\] pixels with C = 3"),
+    (torch.zeros(3, 28, 28, dtype=torch.uint8), ValueError, r"a tensor must be float \[C, H, W\] pixels with C = 3"),
+    (torch.full((3, 28, 28), 1.5), ValueError, r"`x` must hold un-normalized pixels in \[0, 1\]"),
     ("no/such/image.png", ValueError, "Incorrect image source"),
 ])
 def test_bad_inputs_are_refused_naming_them(rgb, inputs, error, message):
