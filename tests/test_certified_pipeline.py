@@ -249,3 +249,10 @@ def test_a_hub_id_takes_the_folder_code_path(tiny_vit_dir, tmp_path):
     labels = [f"LABEL_{c[0]}" if c[0] != ABSTAIN else None for c in result["certify"]]
     assert [a["label"] for a in result["pipeline"]] == labels
     assert [a["certified_radius"] for a in result["pipeline"]] == [c[1] for c in result["certify"]]
+
+
+def test_the_model_card_shows_the_pipeline_line(folders, tmp_path):
+    SmoothedImageClassifier.from_pretrained(folders["gray"]).save_pretrained(tmp_path / "card", model_id="user/x")
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert 'pipeline("certified-image-classification", model="user/x")' in card
+    assert "classifier(image, n0=100, n=100000, alpha=0.001)" in card
