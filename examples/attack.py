@@ -57,6 +57,9 @@ class AttackArguments:
     n: int = field(default=1000, metadata={"help": "PREDICT's noise samples per attacked image."})
     alpha: float = field(default=0.001, metadata={"help": "PREDICT's (and the certification's) failure probability."})
     batch_size: int = field(default=256, metadata={"help": "Noisy samples per forward pass."})
+    precision: str = field(
+        default="fp32", metadata={"help": "PREDICT's (and the certification's) forward precision: fp32, bf16, fp16."}
+    )
     seed: int = field(default=0, metadata={"help": "Noise seed (example idx uses derive_seed(seed, idx))."})
     max_examples: int | None = field(default=None, metadata={"help": "Attack at most this many examples."})
     skip: int = field(default=1, metadata={"help": "Attack every skip-th example."})
@@ -104,11 +107,13 @@ def main() -> None:
     if certify_dir is None:
         certify_dir = os.path.join(args.output_dir, "certify")
         certify(model, dataset, n0=args.n0, n=args.certify_n, alpha=args.alpha, batch_size=args.batch_size,
-                seed=args.seed, output_dir=certify_dir, max_examples=args.max_examples, skip=args.skip)
+                seed=args.seed, output_dir=certify_dir, max_examples=args.max_examples, skip=args.skip,
+                precision=args.precision)
     summary = attack_dataset(
         model, dataset, output_dir=args.output_dir, radii=args.radii, num_noise=args.num_noise, steps=args.steps,
         step_size=args.step_size, n=args.n, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
         max_examples=args.max_examples, skip=args.skip, certified=os.path.join(certify_dir, CERTIFY_TSV),
+        precision=args.precision,
     )
     print(f"sigma = {model.sigma}, SmoothAdv: {args.steps} steps, m = {args.num_noise}; PREDICT: n = {args.n}, "
           f"alpha = {args.alpha}; {summary['num_examples']} examples")

@@ -92,6 +92,15 @@ class CertifyArguments:
     growth: float = field(
         default=4.0, metadata={"help": "Sequential modes: factor between round sizes (bonferroni) or look-ahead."}
     )
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "Forward-pass precision: fp32, bf16 or fp16 (autocast; noise stays float32). The "
+                  "certificates are for the classifier evaluated so."},
+    )
+    channels_last: bool = field(default=False, metadata={"help": "Channels-last memory format (convolutional bases)."})
+    compile: bool = field(
+        default=False, metadata={"help": "torch.compile the forward pass (batches padded to one size)."}
+    )
     confidence: str | None = field(
         default=None,
         metadata={"help": f"Sequential modes: the confidence sequence, one of {list(CONFIDENCE_SEQUENCES)} "
@@ -137,6 +146,7 @@ def main() -> None:
         output_dir=args.output_dir, max_examples=args.max_examples, skip=args.skip, num_shards=args.num_shards,
         shard_index=args.shard_index, sample_parallel=args.sample_parallel, mode=args.mode, radius=args.radius,
         max_n=args.max_n, tolerance=args.tolerance, growth=args.growth, confidence=args.confidence, radii=args.radii,
+        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
         dataset_name=data_args.source, split=data_args.split,
     )
     if PartialState().is_main_process:

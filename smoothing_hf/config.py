@@ -47,6 +47,7 @@ CERTIFICATION_KEYS = {
     "abstain_rate": "Fraction of examples on which the smoothed classifier abstained.",
     "clean_accuracy": "Accuracy of the smoothed classifier (certified accuracy at radius 0).",
     "space": "Where the radii live (smoothing_hf.space.describe), e.g. 'l2 in [0, 1] pixels of 32 x 32 x 3'.",
+    "precision": "Precision of the base classifier's forward pass: 'fp32', 'bf16' or 'fp16' (autocast).",
 }
 """Keys allowed in ``SmoothingConfig.certification``; n0, n, alpha, num_examples, certified_accuracy and acr
 are required."""
@@ -264,6 +265,10 @@ def check_certification(values: object) -> dict:
         raise ValueError(
             "`certification['space']` must be a non-empty string such as 'l2 in [0, 1] pixels of 32 x 32 x 3', got "
             f"{values['space']!r}"
+        )
+    if values.get("precision") is not None and values["precision"] not in ("fp32", "bf16", "fp16"):
+        raise ValueError(
+            f"`certification['precision']` must be one of ['bf16', 'fp16', 'fp32'], got {values['precision']!r}"
         )
     accuracy = values["certified_accuracy"]
     if not isinstance(accuracy, dict) or not accuracy:

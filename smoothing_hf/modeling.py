@@ -281,11 +281,18 @@ class SmoothedImageClassifier(torch.nn.Module):
             return self
         return SmoothedImageClassifier(merged, self.config, self.image_processor, self.input_module)
 
-    def smoother(self, merge_adapter: bool = True) -> Smoother:
+    def smoother(
+        self, merge_adapter: bool = True, *, precision: str = "fp32", channels_last: bool = False, compile: bool = False
+    ) -> Smoother:
         """A ``Smoother`` over this model at its sigma; with ``merge_adapter``, over ``inference_model()``.
-        Build it once when certifying many batches: merging copies the weights."""
+        Build it once when certifying many batches: merging copies the weights. ``precision`` ("fp32", "bf16",
+        "fp16"), ``channels_last`` and ``compile`` set how its forward pass runs (``Smoother``); channels-last
+        converts the merged copy (or, unmerged, this model) in place."""
         model = self.inference_model() if merge_adapter else self
-        return Smoother(model, num_classes=self.num_labels, sigma=self.sigma, num_channels=self.num_channels)
+        return Smoother(
+            model, num_classes=self.num_labels, sigma=self.sigma, num_channels=self.num_channels,
+            precision=precision, channels_last=channels_last, compile=compile,
+        )
 
     def predict(
         self, x: torch.Tensor, n: int, alpha: float, batch_size: int, seed: int | Sequence[int] = 0

@@ -30,8 +30,10 @@ from accelerate.utils import gather_object, reduce
 from tqdm.auto import tqdm
 
 from .certification import ABSTAIN, DEFAULT_CONFIDENCE, Smoother, check_radii_to_test
+from .certification.forward import PRECISIONS
 from .checks import (
     check_alpha,
+    check_choice,
     check_optional_positive_int,
     check_positive_int,
     check_seed,
@@ -67,6 +69,9 @@ def certify(
     tolerance: float | None = None,
     growth: float = 4.0,
     confidence: str | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
     radii: Sequence[float] = DEFAULT_RADII,
     evaluate_metric: Any = None,
     dataset_name: str | None = None,
@@ -100,6 +105,9 @@ def certify(
             sequence, ``smoothing_hf.certification.CONFIDENCE_SEQUENCES``; default
             ``DEFAULT_CONFIDENCE``) are those of the sequential modes, which split images, not samples, over
             processes.
+        precision: the forward pass's precision, "fp32", "bf16" or "fp16" (``Smoother``): the certificates are for
+            the classifier evaluated so; recorded in ``settings.json`` and checked on resume.
+        channels_last, compile: how the forward pass runs (``Smoother``); like the batch size, not recorded.
         radii: the l2 radii (pixels in [0, 1]) the summary reports certified accuracy at; in radii mode, the
             radii tested (any order, no repeats), and the summary reports those only.
         dataset_name, split: the dataset's identity (Hub id, ``embedded:<name>`` or folder; its split), recorded
@@ -125,6 +133,7 @@ def certify(
         "sigma": model.sigma,
         **{key: value if key in chosen.takes else None for key, value in given.items()},
         "alpha": alpha,
+        "precision": check_choice(precision, "precision", PRECISIONS),
         "seed": seed,
         "skip": skip,
         "max_examples": max_examples,
@@ -145,7 +154,7 @@ def certify(
             f"no examples to certify: the dataset has {len(dataset)}, and skip={skip}, max_examples={max_examples}, "
             f"shard {shard_index} of {num_shards} select none of them"
         )
-    smoother = model.to(state.device).smoother()
+    smoother = model.to(state.device).smoother(precision=precision, channels_last=channels_last, compile=compile)
     examples, shape = _read_examples(dataset, selected, smoother, model.num_labels, mode)
     settings["space"] = describe(shape[1:], shape[0])  # where the radii live: l2 in [0, 1] pixels of H x W x C
     columns = chosen.columns_for(settings)

@@ -25,6 +25,7 @@ RESUME_KEYS = (
     "n0",
     "n",
     "alpha",
+    "precision",
     "seed",
     "skip",
     "num_shards",

@@ -223,6 +223,7 @@ def attack_dataset(
     max_examples: int | None = None,
     skip: int = 1,
     certified: str | os.PathLike | Sequence[dict] | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Empirical robust accuracy of the smoothed classifier at each radius, beside its certified accuracy.
 
@@ -246,6 +247,8 @@ def attack_dataset(
             columns), e.g. from ``pipeline.certify`` with the same ``skip``; the summary then holds their
             certified accuracy at each radius, the gap (empirical - certified) and certificate violations
             (examples certified correct at a radius > epsilon whose attacked image PREDICT gives another class).
+        precision: PREDICT's forward-pass precision ("fp32", "bf16", "fp16"; ``Smoother``), recorded in the
+            summary's settings; the attack's gradients are taken in float32.
 
     Returns:
         The summary written to ``summary.json``: per radius (keys ``f"{r:g}"``) ``empirical_accuracy`` and
@@ -261,11 +264,11 @@ def attack_dataset(
     max_examples = check_optional_positive_int(max_examples, "max_examples")
     selected = list(range(0, len(dataset), skip))[:max_examples]
     certified_rows = _certified_rows(certified, selected)
-    smoother = model.smoother()  # over the merged model: the attack's gradients are those of the same function
+    smoother = model.smoother(precision=precision)  # over the merged model: the attack differentiates that function
     device = next(smoother.base_classifier.parameters()).device
     settings = {
         "sigma": model.sigma, "radii": radii, "num_noise": num_noise, "steps": steps, "step_size": step_size,
-        "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max_examples": max_examples,
+        "n": n, "alpha": alpha, "precision": precision, "seed": seed, "skip": skip, "max_examples": max_examples,
         "num_dataset_examples": len(dataset),
         "model": {"base_model_name_or_path": model.config.base_model_name_or_path, "method": model.config.peft_method},
     }

@@ -32,6 +32,7 @@ from .certificates import (
     predictions_from_counts,
 )
 from .confidence import DEFAULT_CONFIDENCE, ConfidenceSequence, confidence_sequence
+from .forward import BaseForward
 
 
 @contextlib.contextmanager
@@ -60,6 +61,9 @@ class Smoother:
         num_channels: if given, images must have this many channels.
         device: where noise is drawn and the classifier runs; by default the device of the module's first
             parameter, else the device of the input.
+        precision, channels_last, compile: how the forward pass runs (``forward.BaseForward``): "fp32"
+            (default), "bf16" or "fp16" autocast; channels-last memory format; ``torch.compile``. Noise is
+            drawn and added in float32 whatever the precision.
     """
 
     def __init__(
@@ -69,6 +73,10 @@ class Smoother:
         sigma: float,
         num_channels: int | None = None,
         device: torch.device | str | None = None,
+        *,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         if not callable(base_classifier):
             raise TypeError(
@@ -81,6 +89,12 @@ class Smoother:
         self.sigma = check_sigma(sigma)
         self.num_channels = None if num_channels is None else check_positive_int(num_channels, "num_channels")
         self.device = torch.device(device) if device is not None else None
+        parameter = next(base_classifier.parameters(), None) if isinstance(base_classifier, torch.nn.Module) else None
+        self.forward = BaseForward(
+            base_classifier, self.num_classes, precision=precision, channels_last=channels_last, compile=compile,
+            device=self.device if self.device is not None else getattr(parameter, "device", None),
+        )
+        self.precision = precision
 
     def predict(
         self, x: torch.Tensor, n: int, alpha: float, batch_size: int, seed: int | Sequence[int] = 0
@@ -318,22 +332,11 @@ class Smoother:
         if work:
             with torch.inference_mode(), eval_mode(self.base_classifier):
                 for noisy, items in noisy_batches(images, work, phase, batch_size, self.sigma):
-                    predictions = self._logits(noisy).argmax(dim=1)
+                    predictions = self.forward(noisy, batch_size).argmax(dim=1)
                     counts += torch.bincount(items * self.num_classes + predictions, minlength=num_cells)
         counts = counts.view(len(work), self.num_classes).cpu().numpy()
         ends = np.cumsum([len(c) for c in chunks])
         return np.split(counts, ends[:-1])
-
-    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
-        output = self.base_classifier(batch)
-        logits = getattr(output, "logits", output)
-        if not isinstance(logits, torch.Tensor) or logits.shape != (len(batch), self.num_classes):
-            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(
-                f"`base_classifier` must return logits of shape [batch, num_classes] = [{len(batch)}, "
-                f"{self.num_classes}], got {got}"
-            )
-        return logits
 
     def _prepare(self, x: torch.Tensor, seed: int | Sequence[int]) -> tuple[torch.Tensor, list[int], bool]:
         """Check ``x`` and ``seed``; return the [B, C, H, W] batch on the device, per-image seeds, and
