@@ -36,8 +36,10 @@ from .bounds import clopper_pearson_bounds
 
 CONFIDENCE_SEQUENCES = ("betting", "bonferroni")
 """The names ``confidence_sequence`` takes."""
-DEFAULT_CONFIDENCE = "betting"
-"""The sequential modes' default (chosen by measurement: ``benchmarks/sample_efficiency.py``)."""
+DEFAULT_CONFIDENCE = "bonferroni"
+"""The sequential modes' default, chosen by measurement (``benchmarks/sample_efficiency.py``, 100 digits against
+CERTIFY at n = 100,000): in radii mode it decided 99.75% of (image, radius) pairs as the standard run did
+(betting 99.25%) for 3.2x fewer samples (betting 3.5x); in adaptive mode it lost less ACR (0.055 against 0.096)."""
 
 _BISECTION_STEPS = 60  # halvings of [0, 1]: 2^-60 is below float64's resolution near the bounds
 
