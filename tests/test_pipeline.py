@@ -118,7 +118,7 @@ def test_resuming_with_other_settings_is_an_error(model, dataset, tmp_path):
 def test_resuming_radii_mode_with_other_radii_or_another_confidence_sequence_is_an_error(model, dataset, tmp_path):
     radii = dict(SETTINGS, mode="radii", max_n=400, radii=[0.0, 0.05])
     certify(model, dataset, output_dir=tmp_path, max_examples=2, **radii)
-    for change in ({"radii": [0.0, 0.02]}, {"radii": [0.05, 0.0]}, {"confidence": "bonferroni"}, {"max_n": 500}):
+    for change in ({"radii": [0.0, 0.02]}, {"radii": [0.05, 0.0]}, {"confidence": "betting"}, {"max_n": 500}):
         with pytest.raises(ValueError, match=f"{next(iter(change))}="):
             certify(model, dataset, output_dir=tmp_path, max_examples=2, **{**radii, **change})
     certify(model, dataset, output_dir=tmp_path, max_examples=3, **radii)  # the same run extends
