@@ -69,7 +69,7 @@ class BaseForward:
             batch = batch.contiguous(memory_format=torch.channels_last)
         dtype = PRECISIONS[self.precision]
         device_type = self.device_type or batch.device.type
-        if dtype is not None:
+        if dtype is not None and self.device_type is None:  # checked at construction where the device was known
             check_precision_on(self.precision, device_type)
         with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
             output = self._call(batch)

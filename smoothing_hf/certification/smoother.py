@@ -94,7 +94,6 @@ class Smoother:
             base_classifier, self.num_classes, precision=precision, channels_last=channels_last, compile=compile,
             device=self.device if self.device is not None else getattr(parameter, "device", None),
         )
-        self.precision = precision
 
     def predict(
         self, x: torch.Tensor, n: int, alpha: float, batch_size: int, seed: int | Sequence[int] = 0
