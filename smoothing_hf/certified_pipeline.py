@@ -35,7 +35,7 @@ from transformers.pipelines.base import Pipeline
 
 from .certification import certificates_from_counts, predictions_from_counts
 from .checks import check_alpha, check_choice, check_int, check_number, check_positive_int, check_seed
-from .noise import NOISE_CHUNK_SIZE, Phase, chunk_sizes, derive_seed, noise_chunk
+from .noise import NOISE_CHUNK_SIZE, Phase, chunk_sizes, noise_chunk
 
 if TYPE_CHECKING:  # for type hints only: the model loads on first use
     from .modeling import SmoothedImageClassifier
@@ -199,8 +199,7 @@ class CertifiedImageClassificationPipeline(Pipeline):
         answer's class: the class the n0 draws selected, also when abstaining) and ``radius`` [B] (NaN for PREDICT).
         The steps of ``Smoother.certify`` / ``predict``, kept apart so that the votes of every class come back."""
         pixels = model_inputs["pixel_values"]
-        images = self.smoother.check_images(pixels).to(self.device, torch.float32)
-        seeds = image_seeds(seed, len(images), single=pixels.dim() == 3)
+        images, seeds, _ = self.smoother.prepare(pixels, seed)
         _warn_if_n_too_small(mode, n, alpha)
         if mode == "certify":
             selection = self.smoother.sample_counts(images, seeds, Phase.SELECTION, n0, batch_size)
@@ -246,16 +245,6 @@ class CertifiedImageClassificationPipeline(Pipeline):
         noise = [noise_chunk(seed, Phase.ESTIMATION, chunk, size, tuple(pixels.shape), self.smoother.sigma, self.device)
                  for chunk, size in enumerate(sizes)]
         return (torch.cat(noise)[:count] + pixels).cpu()
-
-
-def image_seeds(seed: int | list[int], count: int, single: bool) -> list[int]:
-    """The noise seed of each of ``count`` images, as ``Smoother`` derives them: one image gets ``seed``, image i
-    of a batch ``derive_seed(seed, i)``; a list gives one seed per image."""
-    if isinstance(seed, list):
-        if len(seed) != count:
-            raise ValueError(f"`seed` must be an int or one int per image ({count}), got {len(seed)} seeds")
-        return seed
-    return [seed] if single else [derive_seed(seed, i) for i in range(count)]
 
 
 def _check_seeds(seed: Any) -> int | list[int]:

@@ -13,7 +13,7 @@ Seeds are mixed with ``numpy.random.SeedSequence`` so that nearby integers give 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,19 @@ def derive_seed(*entropy: int) -> int:
     ``derive_seed(seed, i)`` is the seed of example ``i`` of a batch (or dataset) certified with ``seed``.
     """
     return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1, dtype=np.uint64)[0])
+
+
+def image_seeds(seed: int | Sequence[int], count: int, single: bool = False) -> list[int]:
+    """The noise-stream seed of each of ``count`` images certified with ``seed``: a single image (``single``, a
+    [C, H, W] input) gets ``seed`` itself, image i of a batch ``derive_seed(seed, i)``; a sequence is one seed per
+    image, checked. The one rule of the smoother, the pipeline and the attacks."""
+    if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
+        seeds = [check_seed(s, f"seed[{i}]") for i, s in enumerate(seed)]
+        if len(seeds) != count:
+            raise ValueError(f"`seed` must be an int or one int per image ({count}), got {len(seeds)} seeds")
+        return seeds
+    seed = check_seed(seed, "seed")
+    return [seed] if single else [derive_seed(seed, i) for i in range(count)]
 
 
 def chunk_sizes(num_samples: int) -> list[int]:

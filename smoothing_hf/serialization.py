@@ -3,8 +3,11 @@
 A smoothing folder holds ``smoothing_config.json`` (sigma, normalization, base model and revision, method),
 the model as its method's registry row says (``smoothing_hf.methods.Saved``: peft's adapter files, our
 ``smoothing_weights.safetensors``, or the whole model), an input module whole as ``input_module.safetensors``,
-the image processor and a ``README.md`` model card. Weights are read and written as safetensors only, each
-file found and checked by ``smoothing_hf.weights_files`` before anything is read from it.
+the image processor, the classifier's ``config.json`` (the whole model's; beside our weights or none, the
+base's, since transformers' ``pipeline()`` reads a folder's config before its loader runs; never beside peft's
+files, where transformers would take the folder for a whole model) and a ``README.md`` model card. Weights are
+read and written as safetensors only, each file found and checked by ``smoothing_hf.weights_files`` before
+anything is read from it.
 
 ``SmoothedImageClassifier.from_pretrained``/``save_pretrained`` delegate here: ``load`` returns the parts the
 classifier is built from, ``save`` writes them; a merged export folds the adapter with
@@ -285,6 +288,8 @@ def save(
             state = {k: v.detach().contiguous() for k, v in trainable_state(model).items()}
             metadata = _metadata(config, peft_method=config.peft_method)
             save_file(state, os.path.join(staging, WEIGHTS_NAME), metadata=metadata)
+        if held in (Saved.TRAINABLE_STATE, None) and not merge:  # pipeline() reads config.json before any loader
+            model.config.save_pretrained(staging)
         if input_module is not None:
             metadata = _metadata(config, input_module=input_module.module_type)
             save_model(input_module, os.path.join(staging, INPUT_MODULE_WEIGHTS_NAME), metadata=metadata)

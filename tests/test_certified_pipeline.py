@@ -19,6 +19,8 @@ from transformers import pipeline
 import smoothing_hf
 from smoothing_hf import ABSTAIN, SmoothedImageClassifier, derive_seed
 from smoothing_hf.certified_pipeline import TASK, CertifiedImageClassificationPipeline
+from smoothing_hf.input_modules import DnCNN
+from smoothing_hf.methods import METHODS
 
 CALL = dict(n0=16, n=200, alpha=0.01, batch_size=256, seed=3)
 
@@ -225,17 +227,34 @@ def test_a_model_that_is_not_smoothed_or_another_processor_is_refused(folders, t
     assert smoothing_hf.CertifiedImageClassificationPipeline is CertifiedImageClassificationPipeline
 
 
+@pytest.mark.parametrize("method", [*METHODS, "dncnn"])
+def test_a_folder_of_every_method_loads_by_name(method, tiny_vit_dir, tmp_path, one_thread):
+    """pipeline() reads a folder's config.json before its loader runs: every kind of smoothing folder has one
+    (peft's files name their base instead), so each loads by name and answers as model.certify."""
+    options = {"input_module": DnCNN(3, depth=2, width=4)} if method == "dncnn" else {"method": method}
+    torch.manual_seed(0)
+    SmoothedImageClassifier.from_pretrained(tiny_vit_dir, sigma=0.25, **options).save_pretrained(tmp_path / method)
+    classifier = pipeline(TASK, model=str(tmp_path / method), device="cpu")
+    pixels = classifier.model.image_transform()(pictures(2))
+    certify = {k: CALL[k] for k in ("n0", "n", "alpha", "batch_size", "seed")}
+    id2label = classifier.model.model.config.id2label
+    assert classifier(list(pixels), **CALL) == [answer_of(c, CALL["n"], id2label)
+                                                for c in classifier.model.certify(pixels, **certify)]
+
+
 PIPELINE_BY_REPO_ID = UPLOAD_BASE + """
 from transformers import pipeline
-SmoothedImageClassifier.from_pretrained("user/tiny-vit", sigma=0.25, method="lora").push_to_hub("user/vit-lora")
-pipe = pipeline("certified-image-classification", model="user/vit-lora", device="cpu")
+method = request["method"]
+SmoothedImageClassifier.from_pretrained("user/tiny-vit", sigma=0.25, method=method).push_to_hub("user/vit-smoothed")
+pipe = pipeline("certified-image-classification", model="user/vit-smoothed", device="cpu")
 pixels = load_file(request["pixels"])["pixels"]
 print(json.dumps({"pipeline": pipe(list(pixels), **request["call"]),
                   "certify": [list(c) for c in pipe.model.certify(pixels, **request["certify"])]}))
 """
 
 
-def test_a_hub_id_takes_the_folder_code_path(tiny_vit_dir, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "adapter"])  # peft's files, and ours with the base's config.json
+def test_a_hub_id_takes_the_folder_code_path(method, tiny_vit_dir, tmp_path):
     from safetensors.torch import save_file
 
     pixels = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -243,7 +262,7 @@ def test_a_hub_id_takes_the_folder_code_path(tiny_vit_dir, tmp_path):
     certify = {k: CALL[k] for k in ("n0", "n", "alpha", "batch_size", "seed")}
     with FakeHub() as hub:
         request = {"base": tiny_vit_dir, "pixels": str(tmp_path / "pixels.safetensors"), "call": CALL,
-                   "certify": certify}
+                   "certify": certify, "method": method}
         result = json.loads(run_python(PIPELINE_BY_REPO_ID, request, hub_environment(hub, tmp_path)).splitlines()[-1])
         assert hub.unhandled == []
     labels = [f"LABEL_{c[0]}" if c[0] != ABSTAIN else None for c in result["certify"]]

@@ -547,9 +547,11 @@ def test_a_denoiser_composite_pushes_and_loads_by_repo_id_with_identical_certifi
                    "output": str(tmp_path / "pushed")}
         pushed = json.loads(run_python(PUSH_COMPOSITE, request, env).strip().splitlines()[-1])
         files = hub.files("user/vit-dncnn-smoothing")
-        # The denoiser's weights and record, no adapter: the base model stays in its own repo.
-        assert set(files) == {".gitattributes", "README.md", "input_module.safetensors", "preprocessor_config.json",
-                              "smoothing_config.json"}
+        # The denoiser's weights and record, no adapter: the base model's weights stay in its own repo (its
+        # config.json is here, for pipeline(), which reads a repo's config before any loader runs).
+        assert set(files) == {".gitattributes", "README.md", "config.json", "input_module.safetensors",
+                              "preprocessor_config.json", "smoothing_config.json"}
+        assert json.loads(files["config.json"])["model_type"] == "vit"
         config = json.loads(files["smoothing_config.json"])
         assert config["input_module"] == {"type": "dncnn", "options": {"num_channels": 3, "depth": 2, "width": 4}}
         assert config["base_model_name_or_path"] == "user/tiny-vit"

@@ -24,7 +24,7 @@ RESNET_METHODS = applicable_methods(tiny_resnet())
 NOT_FOR_RESNET = sorted(set(METHODS) - set(RESNET_METHODS))
 SAVED_FILES = {
     Saved.PEFT_ADAPTER: {"adapter_config.json", "adapter_model.safetensors"},
-    Saved.TRAINABLE_STATE: {"smoothing_weights.safetensors"},
+    Saved.TRAINABLE_STATE: {"smoothing_weights.safetensors", "config.json"},  # the base's config: pipeline() reads it
     Saved.WHOLE_MODEL: {"config.json", "model.safetensors"},
 }
 

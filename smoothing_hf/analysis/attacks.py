@@ -30,13 +30,12 @@ from ..checks import (
     check_optional_positive_int,
     check_pixel_range,
     check_positive_int,
-    check_seed,
     check_sigma,
 )
 from ..data import labelled_batch
 from ..files import read_rows, write_json, write_rows
 from ..modeling import SmoothedImageClassifier
-from ..noise import derive_seed
+from ..noise import derive_seed, image_seeds
 from ..space import describe
 from .robustness import ROBUSTNESS_PLOT, plot_robustness, summarize_attack
 
@@ -110,7 +109,7 @@ def smooth_adv(
     labels = torch.as_tensor(labels, dtype=torch.long, device=images.device).reshape(-1)
     if len(labels) != len(images):
         raise ValueError(f"`labels` must hold one class per image ({len(images)}), got {len(labels)}")
-    seeds = _image_seeds(seed, len(images))
+    seeds = image_seeds(seed, len(images))
     if epsilon == 0:
         return images.clone()
 
@@ -328,16 +327,6 @@ def _check_images(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"`images` must be a non-empty batch [B, C, H, W], got shape {tuple(images.shape)}")
     check_pixel_range(float(images.min()), float(images.max()), "images")
     return images.detach().float().clamp(0, 1)
-
-
-def _image_seeds(seed: int | Sequence[int], count: int) -> list[int]:
-    if isinstance(seed, Sequence) and not isinstance(seed, str):
-        seeds = [check_seed(s, "seed") for s in seed]
-        if len(seeds) != count:
-            raise ValueError(f"`seed` must be an int or one int per image ({count}), got {len(seeds)} seeds")
-        return seeds
-    seed = check_seed(seed, "seed")
-    return [derive_seed(seed, i) for i in range(count)]
 
 
 def _logits(output: Any, batch: int) -> torch.Tensor:

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..checks import check_alpha, check_number, check_pixel_range, check_positive_int, check_seed, check_sigma
-from ..noise import Phase, chunk_sizes, derive_seed, noisy_batches
+from ..checks import check_alpha, check_number, check_pixel_range, check_positive_int, check_sigma
+from ..noise import Phase, chunk_sizes, image_seeds, noisy_batches
 from . import sequential
 from .certificates import (
     Certificate,
@@ -120,7 +120,7 @@ class Smoother:
             check_alpha(alpha),
             check_positive_int(batch_size, "batch_size"),
         )
-        images, seeds, single = self._prepare(x, seed)
+        images, seeds, single = self.prepare(x, seed)
         if n < math.log2(2 / alpha):
             warnings.warn(
                 f"n={n} is too small for alpha={alpha}: PREDICT abstains on every input unless n >= log2(2 / alpha) = "
@@ -179,7 +179,7 @@ class Smoother:
             tolerance = check_number(
                 tolerance, "tolerance", minimum=0, strict_minimum=True, unit="a radius: l2, pixels in [0, 1]"
             )
-        images, seeds, single = self._prepare(x, seed)
+        images, seeds, single = self.prepare(x, seed)
         if tolerance is not None:
             certificates = sequential.certify_adaptive(
                 self.chunk_counts, self.sigma, images, seeds, n0=n0, batch_size=batch_size,
@@ -239,7 +239,7 @@ class Smoother:
         n0, max_n, alpha, batch_size, sequence = self._sequential_settings(
             n0, max_n, alpha, batch_size, growth, confidence
         )
-        images, seeds, single = self._prepare(x, seed)
+        images, seeds, single = self.prepare(x, seed)
         decisions = sequential.certify_at_radii(
             self.chunk_counts, self.sigma, images, seeds, radii, n0=n0, batch_size=batch_size, sequence=sequence
         )
@@ -269,7 +269,7 @@ class Smoother:
         n0, max_n, alpha, batch_size, sequence = self._sequential_settings(
             n0, max_n, alpha, batch_size, growth, confidence
         )
-        images, seeds, single = self._prepare(x, seed)
+        images, seeds, single = self.prepare(x, seed)
         decisions = sequential.certify_at_radius(
             self.chunk_counts, self.sigma, images, seeds, radius, n0=n0, batch_size=batch_size, sequence=sequence
         )
@@ -337,18 +337,12 @@ class Smoother:
         ends = np.cumsum([len(c) for c in chunks])
         return np.split(counts, ends[:-1])
 
-    def _prepare(self, x: torch.Tensor, seed: int | Sequence[int]) -> tuple[torch.Tensor, list[int], bool]:
-        """Check ``x`` and ``seed``; return the [B, C, H, W] batch on the device, per-image seeds, and
-        whether ``x`` was a single image."""
+    def prepare(self, x: torch.Tensor, seed: int | Sequence[int]) -> tuple[torch.Tensor, list[int], bool]:
+        """Check ``x`` (pixels in [0, 1], [C, H, W] or [B, C, H, W]) and ``seed`` (``noise.image_seeds``); return the
+        float [B, C, H, W] batch on the model's device, the per-image seeds, and whether ``x`` was a single image."""
         images = self.check_images(x)
         single = x.dim() == 3
-        if isinstance(seed, Sequence) and not isinstance(seed, str):
-            seeds = [check_seed(s, "seed") for s in seed]
-            if len(seeds) != len(images):
-                raise ValueError(f"`seed` must be an int or one int per image ({len(images)}), got {len(seeds)} seeds")
-        else:
-            seed = check_seed(seed, "seed")
-            seeds = [seed] if single else [derive_seed(seed, i) for i in range(len(images))]
+        seeds = image_seeds(seed, len(images), single)
         return images.to(device=self._device(images), dtype=torch.float32), seeds, single
 
     def check_images(self, x: torch.Tensor) -> torch.Tensor:
