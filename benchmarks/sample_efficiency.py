@@ -3,9 +3,9 @@
 On the same held-out images, the same seeds and the same alpha:
   - standard: ``Smoother.certify`` with n0 = 100, n = 100,000 (what papers run);
   - radii: ``Smoother.certify_at_radii`` at r = 0, 0.25, 0.5, 0.75 with up to max_n = 100,000, for each
-    confidence sequence (betting, bonferroni): certified accuracy at each radius against the standard run's,
-    and the share of (image, radius) decisions that agree;
-  - adaptive: ``Smoother.certify(..., tolerance=t)`` with the budget n = 100,000, for each confidence sequence:
+    confidence sequence (betting, bonferroni, one_sided): certified accuracy at each radius against the standard
+    run's, and the share of (image, radius) decisions that agree;
+  - adaptive: ``Smoother.certify(..., tolerance=t)`` with the budget n = 100,000, for each sequence with bounds:
     certified accuracy at each radius and ACR against the standard run's.
 Each image's noise stream is the same in all runs (``derive_seed(seed, idx)``), so the sequential modes draw a
 prefix of the standard run's samples. The images go in groups (``--group``, as the dataset pipeline packs
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from smoothing_hf import ABSTAIN, ImageClassificationTransform, SmoothedImageClassifier, derive_seed, load_image_dataset
-from smoothing_hf.certification import CONFIDENCE_SEQUENCES
+from smoothing_hf.certification import BOUNDING_SEQUENCES, CONFIDENCE_SEQUENCES
 from smoothing_hf.files import write_json
 
 RADII = (0.0, 0.25, 0.5, 0.75)
@@ -76,7 +76,7 @@ def main() -> None:
         variants[f"radii/{confidence}"] = lambda x, s, c=confidence: smoother.certify_at_radii(
             x, RADII, max_n=args.n, seed=s, confidence=c, **common
         )
-    for confidence in CONFIDENCE_SEQUENCES:
+    for confidence in BOUNDING_SEQUENCES:  # the adaptive mode reads bounds
         for tolerance in args.tolerances:
             variants[f"adaptive/{confidence}/{tolerance:g}"] = lambda x, s, c=confidence, t=tolerance: smoother.certify(
                 x, n=args.n, seed=s, tolerance=t, confidence=c, **common

@@ -16,9 +16,9 @@ import torch
 
 from .certification import (
     ABSTAIN,
-    CONFIDENCE_SEQUENCES,
     Smoother,
     certificates_from_counts,
+    check_confidence,
     check_radii_to_test,
     predictions_from_counts,
 )
@@ -202,7 +202,7 @@ def check_mode(
     if "growth" in chosen.takes:
         check_number(growth, "growth", minimum=1, strict_minimum=True)
     if "confidence" in chosen.takes and confidence is not None:
-        check_choice(confidence, "confidence", CONFIDENCE_SEQUENCES)
+        check_confidence(confidence, needs_bounds="tolerance" in chosen.takes)
     if "radii" in chosen.takes:
         check_radii_to_test(radii)
     else:

@@ -102,9 +102,9 @@ def certify(
             ``tolerance``, up to ``max_n`` estimation samples, ``certify.tsv``) or "radii"
             (``Smoother.certify_at_radii`` at every one of ``radii`` with up to ``max_n`` estimation samples,
             ``certify.tsv`` with a 0/1 column per radius). ``growth`` and ``confidence`` (the confidence
-            sequence, ``smoothing_hf.certification.CONFIDENCE_SEQUENCES``; default
-            ``DEFAULT_CONFIDENCE``) are those of the sequential modes, which split images, not samples, over
-            processes.
+            sequence, ``smoothing_hf.certification.CONFIDENCE_SEQUENCES``, for "adaptive" one of
+            ``BOUNDING_SEQUENCES``; default ``DEFAULT_CONFIDENCE``) are those of the sequential modes, which
+            split images, not samples, over processes.
         precision: the forward pass's precision, "fp32", "bf16" or "fp16" (``Smoother``): the certificates are for
             the classifier evaluated so; recorded in ``settings.json`` and checked on resume.
         channels_last, compile: how the forward pass runs (``Smoother``); like the batch size, not recorded.

@@ -6,11 +6,18 @@ p_A = Phi(|d| / sigma) and the exact certified radius is |d|."""
 import numpy as np
 import pytest
 import torch
+from scipy.integrate import quad
 from scipy.special import betaln
-from scipy.stats import binom
+from scipy.stats import binom, norm
 
 from smoothing_hf import ABSTAIN, Smoother, derive_seed
-from smoothing_hf.certification import CONFIDENCE_SEQUENCES, clopper_pearson_bounds, confidence_sequence
+from smoothing_hf.certification import (
+    BOUNDING_SEQUENCES,
+    CONFIDENCE_SEQUENCES,
+    clopper_pearson_bounds,
+    confidence_sequence,
+)
+from smoothing_hf.modes import check_mode
 
 SIGMA = 0.25
 RADII = (0.0, 0.25, 0.5, 0.75)
@@ -34,7 +41,7 @@ def test_betting_bound_of_unanimous_draws_is_the_closed_form():
     assert (upper == 1.0).all()
 
 
-@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+@pytest.mark.parametrize("confidence", BOUNDING_SEQUENCES)
 def test_sequences_cover_p_at_every_checkpoint_at_once(confidence):
     """Over many Bernoulli streams at p = 0.9, the share of streams whose bounds miss p at some checkpoint is at
     most alpha; reading a plain Clopper-Pearson interval at every checkpoint misses far more often."""
@@ -53,7 +60,7 @@ def test_sequences_cover_p_at_every_checkpoint_at_once(confidence):
     assert naive_missed.mean() > binom.ppf(0.999, streams, alpha) / streams  # what the test would catch
 
 
-@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+@pytest.mark.parametrize("confidence", BOUNDING_SEQUENCES)
 def test_threshold_decisions_agree_with_the_bounds(confidence):
     sequence = confidence_sequence(confidence, 0.01, 10_000)
     successes = np.array([0, 10, 500, 900, 990, 1000])
@@ -63,6 +70,53 @@ def test_threshold_decisions_agree_with_the_bounds(confidence):
     # The bisection's bounds err on the safe side by at most 1e-12; no threshold sits that close here.
     np.testing.assert_array_equal(above, lower[:, None] >= thresholds)
     np.testing.assert_array_equal(below, upper[:, None] < thresholds)
+
+
+def test_one_sided_tests_pass_a_true_null_at_most_alpha_of_the_time():
+    """Bernoulli streams at p = p* exactly, the edge of both nulls, read after every chunk: the test of p > p*
+    passes on some chunk in at most alpha of them, and so does the test of p < p*. Reading a plain one-sided
+    Clopper-Pearson bound at every chunk passes far more often."""
+    alpha, streams, max_n, threshold = 0.1, 400, 4096, 0.9
+    sequence = confidence_sequence("one_sided", alpha, max_n)
+    draws = np.random.default_rng(1).random((streams, max_n)) < threshold
+    ever_above, ever_below, naive = (np.zeros(streams, dtype=bool) for _ in range(3))
+    for trials in sequence.checkpoints:
+        successes = draws[:, :trials].sum(axis=1)
+        above, below = sequence.decide(successes, trials, np.array([threshold]))
+        ever_above |= above[:, 0]
+        ever_below |= below[:, 0]
+        naive |= clopper_pearson_bounds(successes, np.full(streams, trials), alpha)[0] >= threshold
+    allowed = binom.ppf(0.999, streams, alpha)
+    assert ever_above.sum() <= allowed and ever_below.sum() <= allowed, (ever_above.sum(), ever_below.sum())
+    assert naive.sum() > allowed  # what the test would catch
+
+
+def test_one_sided_test_of_unanimous_draws_is_the_restricted_mixture():
+    """All t draws on cA: the wealth against p* is the Jeffreys prior restricted to (p*, 1], integrated
+    numerically here, over p*^t. At p* = Phi(3) (r = 0.75 at sigma = 0.25) and alpha = 0.001 it reaches
+    1 / alpha after 5,900-6,000 draws: above the 5,114 that any valid test needs (log(1 / alpha) / -log p*),
+    and 30% under the 8,960 of the betting sequence and 8,192 of bonferroni."""
+    alpha, threshold = 0.001, norm.cdf(3)
+
+    def wealth(t):
+        restricted, _ = quad(lambda q: (q / threshold) ** t * q ** -0.5, threshold, 1, weight="alg", wvar=(0, -0.5))
+        mass, _ = quad(lambda q: q ** -0.5, threshold, 1, weight="alg", wvar=(0, -0.5))
+        return restricted / mass
+
+    needed = next(t for t in range(5000, 7000, 10) if wealth(t) >= 1 / alpha)
+    assert 5900 <= needed <= 6000
+    assert np.log(1 / alpha) / -np.log(threshold) == pytest.approx(5114, abs=1)
+    sequence = confidence_sequence("one_sided", alpha, 100_000)
+    for t in (needed - 10, needed):
+        above, below = sequence.decide(np.array([t]), t, np.array([threshold]))
+        assert above[0, 0] == (wealth(t) >= 1 / alpha) and not below[0, 0]
+
+    def unanimous_draws_to_certify(confidence):
+        checkpoints = confidence_sequence(confidence, alpha, 100_000).checkpoints
+        return next(t for t in checkpoints
+                    if confidence_sequence(confidence, alpha, 100_000).decide(np.array([t]), t, [threshold])[0][0, 0])
+
+    assert [unanimous_draws_to_certify(c) for c in ("one_sided", "betting", "bonferroni")] == [6016, 8960, 8192]
 
 
 # ---------------------------------------------------------------------------------------------- several radii
@@ -186,3 +240,10 @@ def test_radii_bad_input(linear_boundary):
         smoother.certify_at_radii(image, RADII, confidence="hoeffding", **kwargs)
     with pytest.raises(ValueError, match="`confidence` must be one of"):
         smoother.certify(image, n0=10, n=100, alpha=0.01, batch_size=10, confidence="wald")
+    # The one-sided tests decide thresholds; the adaptive mode needs bounds.
+    message = r"`confidence`='one_sided' decides radius thresholds only, .* use one of \['betting', 'bonferroni'\]"
+    with pytest.raises(ValueError, match=message):
+        smoother.certify(image, n0=10, n=100, alpha=0.01, batch_size=10, tolerance=0.1, confidence="one_sided")
+    with pytest.raises(ValueError, match=message):
+        check_mode("adaptive", 10, 100, None, 1000, 0.1, 4.0, "one_sided", RADII, False)
+    assert check_mode("radii", 10, 100, None, 1000, None, 4.0, "one_sided", RADII, False).name == "radii"

@@ -9,6 +9,7 @@ from scipy.stats import binom, norm
 
 from smoothing_hf import ABSTAIN, Smoother, clopper_pearson_lower
 from smoothing_hf.certification import (
+    BOUNDING_SEQUENCES,
     CONFIDENCE_SEQUENCES,
     clopper_pearson_bounds,
     largest_certifiable_radius,
@@ -114,7 +115,7 @@ def test_all_rounds_draw_the_noise_of_fixed_n_certification(linear_boundary, con
     assert adaptive.count == fixed.count and adaptive.selection_count == fixed.selection_count
 
 
-@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+@pytest.mark.parametrize("confidence", BOUNDING_SEQUENCES)
 def test_adaptive_radius_is_sound_on_the_linear_classifier(linear_boundary, confidence):
     """The adaptive certificate may exceed the true radius |d| (or name the wrong class) only with
     probability alpha per point, whatever round it stopped at."""
@@ -150,7 +151,7 @@ def test_adaptive_stops_early_when_more_samples_would_not_pay(linear_boundary):
     assert fine[0].samples < 10_000 and fine[0].prediction == 1 and 0 < fine[0].radius <= 0.1
 
 
-@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+@pytest.mark.parametrize("confidence", BOUNDING_SEQUENCES)
 def test_adaptive_certificates_do_not_depend_on_batch_size(linear_boundary, confidence):
     smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
     images = images_at(linear_boundary, np.linspace(-0.5, 0.5, 7))

@@ -5,7 +5,8 @@ pixels to [B, K] logits.
 - ``certificates``: ``Certificate``, ``RadiusDecision``, ``RadiiDecision``, ABSTAIN, PREDICT's and CERTIFY's
   decisions from counts.
 - ``smoother``: ``Smoother``, PREDICT and CERTIFY over seeded noise streams.
-- ``confidence``: confidence sequences for p_A (betting; Clopper-Pearson over a Bonferroni schedule).
+- ``confidence``: confidence sequences for p_A (betting; Clopper-Pearson over a Bonferroni schedule) and
+  one-sided tests per radius threshold.
 - ``sequential``: sample-efficient modes (one radius, several radii, an adaptive radius) and their scheduler.
 """
 
@@ -20,17 +21,20 @@ from .certificates import (
     predictions_from_counts,
 )
 from .confidence import (
+    BOUNDING_SEQUENCES,
     CONFIDENCE_SEQUENCES,
     DEFAULT_CONFIDENCE,
     ConfidenceSequence,
+    check_confidence,
     confidence_sequence,
     sample_schedule,
 )
 from .smoother import Smoother, eval_mode
 
 __all__ = [
-    "ABSTAIN", "CONFIDENCE_SEQUENCES", "Certificate", "ConfidenceSequence", "DEFAULT_CONFIDENCE", "RadiiDecision",
-    "RadiusDecision", "Smoother", "certificates_from_counts", "check_radii_to_test", "clopper_pearson_bounds",
+    "ABSTAIN", "BOUNDING_SEQUENCES", "CONFIDENCE_SEQUENCES", "Certificate", "ConfidenceSequence", "DEFAULT_CONFIDENCE",
+    "RadiiDecision", "RadiusDecision", "Smoother", "certificates_from_counts", "check_confidence",
+    "check_radii_to_test", "clopper_pearson_bounds",
     "clopper_pearson_lower", "confidence_sequence", "eval_mode", "largest_certifiable_radius",
     "predictions_from_counts", "radius_from_bound", "sample_schedule",
 ]

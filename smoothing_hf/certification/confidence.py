@@ -5,7 +5,7 @@ noisy samples the base classifier puts on class cA) from the successes among the
 probability at least 1 - alpha, the bounds read at *all* of its ``checkpoints`` contain p at once, so any
 rule that decides when to stop from what it has seen keeps the (1 - alpha) guarantee of fixed-n CERTIFY.
 
-Two constructions (``CONFIDENCE_SEQUENCES``; the sequential modes take one by name):
+Three constructions (``CONFIDENCE_SEQUENCES``; the sequential modes take one by name):
 
 - ``"bonferroni"``: exact Clopper-Pearson bounds at level alpha / K, read only at the K cumulative sample
   counts of a geometric schedule (128, 512, ..., max_n). The union bound costs log K in the exponent; an
@@ -18,7 +18,18 @@ Two constructions (``CONFIDENCE_SEQUENCES``; the sequential modes take one by na
   sequence is {p0 : M_t(p0) < 1 / alpha}, an interval (log M_t is convex in p0), read after every chunk of
   128 draws. It costs about 0.5 log(pi t) in the exponent where all draws agree, and never overshoots.
 
-Both are exact (no asymptotics) and computed in closed form with SciPy. The confseq package would be the
+- ``"one_sided"``: no bounds, a test per threshold p*: the same bettor with its Jeffreys prior restricted to
+  p > p* (to certify) or p < p* (to refute), read after every chunk. Restricting the prior to the side that
+  the test must establish puts all its mass where the evidence can come from: near p* = Phi(3) = 0.99865
+  (r = 3 sigma) the unrestricted prior holds 2% of its mass above p*, so the restricted one saves about
+  log 50 = 3.9 nats there, some 2,900 unanimous draws. Each test is a nonnegative supermartingale of mean at
+  most 1 under its null (p <= p*, or p >= p*), so by Ville's inequality a threshold is wrongly certified with
+  probability at most alpha. Thresholds are claimed in increasing order only (a radius is certified once
+  its test and those of every smaller radius have passed): a fixed-sequence procedure, so the first false
+  threshold must pass before any false claim and all thresholds share the one alpha, with no union bound.
+  It decides thresholds only (the radii and fixed-radius modes); the adaptive mode needs bounds.
+
+All are exact (no asymptotics) and computed in closed form with SciPy. The confseq package would be the
 library to lean on, but it does not build here (a C++ extension); the betting bound is a dozen lines.
 """
 
@@ -28,14 +39,16 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln, xlog1py, xlogy
+from scipy.special import betainc, betaln, xlog1py, xlogy
 
 from ..checks import check_alpha, check_choice, check_number, check_positive_int
 from ..noise import NOISE_CHUNK_SIZE
 from .bounds import clopper_pearson_bounds
 
-CONFIDENCE_SEQUENCES = ("betting", "bonferroni")
+CONFIDENCE_SEQUENCES = ("betting", "bonferroni", "one_sided")
 """The names ``confidence_sequence`` takes."""
+BOUNDING_SEQUENCES = ("betting", "bonferroni")
+"""The sequences that give bounds of p_A, which the adaptive mode reads; "one_sided" decides thresholds only."""
 DEFAULT_CONFIDENCE = "bonferroni"
 """The sequential modes' default, chosen by measurement (``benchmarks/sample_efficiency.py``, 100 digits against
 CERTIFY at n = 100,000): in radii mode it decided 99.75% of (image, radius) pairs as the standard run did
@@ -59,6 +72,8 @@ class ConfidenceSequence:
     def bounds(self, successes: np.ndarray, trials: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
         """One-sided lower and upper bounds of p after ``successes`` of ``trials`` draws (arrays of one shape,
         or a scalar ``trials``); valid together with the bounds at every other checkpoint."""
+        if self.name not in BOUNDING_SEQUENCES:
+            raise ValueError(f"the {self.name!r} tests give no bounds; those that do: {list(BOUNDING_SEQUENCES)}")
         successes = np.asarray(successes, dtype=np.float64)
         trials = np.broadcast_to(np.asarray(trials, dtype=np.float64), successes.shape)
         if self.name == "bonferroni":
@@ -73,9 +88,15 @@ class ConfidenceSequence:
         self, successes: np.ndarray, trials: int, thresholds: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """For [B] ``successes`` of ``trials`` draws and [R] ``thresholds`` p*: [B, R] booleans ``above``
-        (the lower bound reaches p*: p >= p* established) and ``below`` (the upper bound is under p*)."""
+        (the lower bound reaches p*: p >= p* established) and ``below`` (the upper bound is under p*). For
+        "one_sided", each threshold's own tests instead; the caller claims thresholds in increasing order only
+        (the module docstring)."""
         successes = np.asarray(successes, dtype=np.float64)[:, None]
         thresholds = np.asarray(thresholds, dtype=np.float64)[None, :]
+        if self.name == "one_sided":
+            level = math.log(1 / self.alpha)
+            return (_log_one_sided_wealth(successes, float(trials), thresholds, above=True) >= level,
+                    _log_one_sided_wealth(successes, float(trials), thresholds, above=False) >= level)
         if self.name == "bonferroni":
             lower, upper = self.bounds(successes[:, 0], trials)
             return lower[:, None] >= thresholds, upper[:, None] < thresholds
@@ -102,10 +123,39 @@ class ConfidenceSequence:
         return betaln(0.5 + successes, 0.5 + failures) - betaln(0.5, 0.5) - likelihood
 
 
-def confidence_sequence(name: str, alpha: float, max_n: int, growth: float = 4.0) -> ConfidenceSequence:
-    """The ``name`` sequence (``CONFIDENCE_SEQUENCES``) at level ``alpha`` for up to ``max_n`` draws:
-    bonferroni looks at ``sample_schedule(max_n, growth=growth)``; betting after every chunk of 128 draws."""
+def _log_one_sided_wealth(successes: np.ndarray, trials: float, p0: np.ndarray, above: bool) -> np.ndarray:
+    """log of the "one_sided" bettor's wealth against p = p0 after ``successes`` of ``trials`` draws: the
+    likelihood of the Jeffreys prior restricted to (p0, 1] (``above``) or [0, p0) over that of p0,
+    B(s + 1/2, f + 1/2) P(side | s, f) / (B(1/2, 1/2) P(side)) / (p0^s (1 - p0)^f), where P(side | s, f) is
+    the Beta(s + 1/2, f + 1/2) mass on that side of p0. -inf where the side is empty (p0 = 1 above, 0 below)."""
+    failures = trials - successes
+    if above:  # P(q > p0) under Beta(a, b) is I_{1 - p0}(b, a)
+        posterior, prior = betainc(failures + 0.5, successes + 0.5, 1 - p0), betainc(0.5, 0.5, 1 - p0)
+    else:
+        posterior, prior = betainc(successes + 0.5, failures + 0.5, p0), betainc(0.5, 0.5, p0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        likelihood = xlogy(successes, p0) + xlog1py(failures, -p0)
+        wealth = betaln(0.5 + successes, 0.5 + failures) - betaln(0.5, 0.5) + np.log(posterior) - likelihood
+        return np.where(prior > 0, wealth - np.log(prior), -np.inf)
+
+
+def check_confidence(name: str, needs_bounds: bool = False) -> str:
+    """``name`` if it is one of ``CONFIDENCE_SEQUENCES``, and of ``BOUNDING_SEQUENCES`` where the caller (the
+    adaptive mode) ``needs_bounds``."""
     name = check_choice(name, "confidence", CONFIDENCE_SEQUENCES)
+    if needs_bounds and name not in BOUNDING_SEQUENCES:
+        raise ValueError(f"`confidence`={name!r} decides radius thresholds only, and the adaptive mode (`tolerance`) "
+                         f"reads bounds of p_A: use one of {list(BOUNDING_SEQUENCES)}")
+    return name
+
+
+def confidence_sequence(
+    name: str, alpha: float, max_n: int, growth: float = 4.0, needs_bounds: bool = False
+) -> ConfidenceSequence:
+    """The ``name`` sequence (``CONFIDENCE_SEQUENCES``; ``BOUNDING_SEQUENCES`` where the caller ``needs_bounds``)
+    at level ``alpha`` for up to ``max_n`` draws: bonferroni looks at ``sample_schedule(max_n, growth=growth)``;
+    betting and one_sided after every chunk of 128 draws."""
+    name = check_confidence(name, needs_bounds)
     alpha, max_n = check_alpha(alpha), check_positive_int(max_n, "max_n")
     growth = check_number(growth, "growth", minimum=1, strict_minimum=True)
     if name == "bonferroni":

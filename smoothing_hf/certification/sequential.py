@@ -49,19 +49,30 @@ def certify_at_radii(
     *, n0: int, batch_size: int, sequence: ConfidenceSequence,
 ) -> list[RadiiDecision]:
     """``Smoother.certify_at_radii`` on checked inputs: at each checkpoint, a threshold p*_j = Phi(r_j / sigma)
-    is certified once the lower bound reaches it and refuted once the upper bound is under it; an image stops
-    when each of its thresholds is one or the other, or at max_n."""
+    passes once the lower bound reaches it (or its one-sided test passes) and is refuted once the upper bound is
+    under it. Thresholds are claimed in increasing order only: p*_j once it and every smaller one have passed
+    (for bounds this changes nothing; for "one_sided" it is what lets every test use the whole alpha), and none
+    above a refuted one. An image stops when each of its thresholds is claimed or out of reach, or at max_n."""
     thresholds = np.array([radius_threshold(r, sigma) for r in radii] + [0.5])  # the last: is cA established
-    certified = np.zeros((len(images), len(thresholds)), dtype=bool)
-    refuted = np.zeros_like(certified)
+    order = np.argsort(thresholds, kind="stable")
+    passed = np.zeros((len(images), len(thresholds)), dtype=bool)
+    refuted = np.zeros_like(passed)
+
+    def in_order(flags: np.ndarray, accumulate: np.ufunc) -> np.ndarray:
+        """``accumulate`` (and, or) of [B, R] ``flags`` over increasing thresholds, in the thresholds' order."""
+        result = np.empty_like(flags)
+        result[:, order] = accumulate.accumulate(flags[:, order], axis=1)
+        return result
 
     def stop(active: np.ndarray, count_a: np.ndarray, trials: int, last: bool) -> np.ndarray:
         above, below = sequence.decide(count_a, trials, thresholds)
-        certified[active] |= above
-        refuted[active] |= below & ~certified[active]
-        return (certified[active, :-1] | refuted[active, :-1]).all(axis=1) | last
+        passed[active] |= above
+        refuted[active] |= below & ~passed[active]
+        settled = in_order(passed[active], np.logical_and) | in_order(refuted[active], np.logical_or)
+        return settled[:, :-1].all(axis=1) | last
 
     top, _, _, used = estimate_sequentially(sample_chunks, images, seeds, n0, sequence, batch_size, stop)
+    certified = in_order(passed, np.logical_and)
     return [
         RadiiDecision(
             int(top[i]) if certified[i, -1] else ABSTAIN, tuple(bool(c) for c in certified[i, :-1]), int(n0 + used[i])

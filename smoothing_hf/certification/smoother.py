@@ -167,14 +167,14 @@ class Smoother:
             growth: how far ahead the adaptive stopping rule looks (and, for "bonferroni", the factor between
                 its round sizes; finite, > 1).
             confidence: the adaptive mode's confidence sequence, "betting" or "bonferroni"
-                (``confidence.CONFIDENCE_SEQUENCES``); fixed n always uses the exact Clopper-Pearson bound.
+                (``confidence.BOUNDING_SEQUENCES``); fixed n always uses the exact Clopper-Pearson bound.
 
         Returns:
             A ``Certificate`` for one image; a list of them for a batch.
         """
         n0, n = check_positive_int(n0, "n0"), check_positive_int(n, "n")
         alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
-        sequence = confidence_sequence(confidence, alpha, n, growth)  # checked even where unused
+        sequence = confidence_sequence(confidence, alpha, n, growth, needs_bounds=True)  # checked even where unused
         if tolerance is not None:
             tolerance = check_number(
                 tolerance, "tolerance", minimum=0, strict_minimum=True, unit="a radius: l2, pixels in [0, 1]"
@@ -216,7 +216,8 @@ class Smoother:
         ``n0`` selection draws choose cA as in ``certify``. Estimation draws then continue one noise stream per
         image (the draws ``certify`` makes with ``n = max_n``), and one ``confidence`` sequence for p_A serves
         every threshold p*_j = Phi(r_j / sigma): the image stops once no threshold is undecided (each is below
-        the lower bound, certified, or above the upper bound, not certified), or at ``max_n``. With probability
+        the lower bound, certified, or above the upper bound, not certified, as is every threshold above one
+        not certified), or at ``max_n``. With probability
         at least 1 - alpha, every True of an image is right at once: cA is the smoothed classifier's class and
         p_A >= Phi(r_j / sigma). ``prediction`` is cA where p_A > 1/2 was established, else ABSTAIN.
 
@@ -229,8 +230,9 @@ class Smoother:
             batch_size: noisy samples per forward pass; images at different stages share them.
             seed: noise seed, as in ``predict``.
             growth: the factor between round sizes of the "bonferroni" sequence (finite, > 1).
-            confidence: "betting" (read after every 128 draws) or "bonferroni" (Clopper-Pearson at alpha / K
-                after each of K geometric rounds); ``confidence.CONFIDENCE_SEQUENCES``.
+            confidence: "betting" (read after every 128 draws), "bonferroni" (Clopper-Pearson at alpha / K
+                after each of K geometric rounds) or "one_sided" (a test per threshold, every 128 draws);
+                ``confidence.CONFIDENCE_SEQUENCES``.
 
         Returns:
             A ``RadiiDecision`` for one image; a list of them for a batch.
