@@ -14,8 +14,14 @@ groups touches all variants alike. Writes JSON after every group: mean/median sa
 of the standard's samples to each, wall seconds and their ratio, certified accuracies (%) and differences
 (percentage points).
 
+With ``--replay`` the sequential variants are replayed from the draws the standard run made: every chunk's
+class counts are recorded as the standard run draws them, and each variant runs the public ``Smoother`` methods
+with those counts served in place of forward passes. A sequential mode draws a prefix of the same streams, so
+its decisions and sample counts are exactly the live ones; only its wall time is not measured (null in the
+JSON). The whole benchmark then costs the standard run's forward passes alone.
+
     python benchmarks/sample_efficiency.py --model runs/embedded/vit-lora-0.25 \
-        --output benchmarks/results/sample_efficiency.json
+        --output benchmarks/results/sample_efficiency.json [--replay]
 """
 
 from __future__ import annotations
@@ -33,6 +39,25 @@ from smoothing_hf.certification import BOUNDING_SEQUENCES, CONFIDENCE_SEQUENCES
 from smoothing_hf.files import write_json
 
 RADII = (0.0, 0.25, 0.5, 0.75)
+
+
+class RecordedDraws:
+    """The class counts of every noise chunk a ``Smoother`` draws while ``record`` stands in for its
+    ``chunk_counts``, keyed by (seed, phase, stream length, chunk); ``replay`` serves them back in the same
+    form, so a run that draws only recorded chunks sees exactly the counts it would draw live."""
+
+    def __init__(self, smoother) -> None:
+        self.live, self.num_classes, self.counts = smoother.chunk_counts, smoother.num_classes, {}
+
+    def record(self, images, seeds, phase, num_samples, batch_size, chunks) -> list[np.ndarray]:
+        drawn = self.live(images, seeds, phase, num_samples, batch_size, chunks)
+        for seed, ids, counts in zip(seeds, chunks, drawn):
+            self.counts.update({(seed, int(phase), num_samples, c): row for c, row in zip(ids, counts)})
+        return drawn
+
+    def replay(self, images, seeds, phase, num_samples, batch_size, chunks) -> list[np.ndarray]:
+        return [np.array([self.counts[(seed, int(phase), num_samples, c)] for c in ids], dtype=np.int64
+                         ).reshape(len(ids), self.num_classes) for seed, ids in zip(seeds, chunks)]
 
 
 def certified_at(correct: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -57,6 +82,8 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=10, help="Images per call (the pipeline's packing).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="benchmarks/results/sample_efficiency.json")
+    parser.add_argument("--replay", action="store_true",
+                        help="Replay the sequential variants from the standard run's draws (no wall time of theirs).")
     args = parser.parse_args()
 
     model = SmoothedImageClassifier.from_pretrained(args.model)
@@ -82,16 +109,22 @@ def main() -> None:
                 x, n=args.n, seed=s, tolerance=t, confidence=c, **common
             )
     answers: dict[str, list] = {name: [] for name in variants}
-    seconds = dict.fromkeys(variants, 0.0)
+    seconds = {name: None if args.replay and name != "standard" else 0.0 for name in variants}
+    draws = RecordedDraws(smoother)
     for start in range(0, len(indices), args.group):
         group = slice(start, start + args.group)
         for name, run in variants.items():
+            if args.replay:  # the standard run draws (and records) every chunk the others read
+                smoother.chunk_counts = draws.record if name == "standard" else draws.replay
             tic = time.perf_counter()
             answers[name].extend(run(images[group], seeds[group]))
-            seconds[name] += time.perf_counter() - tic
+            if seconds[name] is not None:
+                seconds[name] += time.perf_counter() - tic
+        draws.counts.clear()  # the next group's images have other seeds
         report = summarize(args, model.sigma, indices[: group.stop], labels[: group.stop], answers, seconds)
         write_json(report, args.output)
-        print(f"{len(answers['standard'])} images:", {name: round(s) for name, s in seconds.items()}, flush=True)
+        timed = {name: round(s) for name, s in seconds.items() if s is not None}
+        print(f"{len(answers['standard'])} images:", timed, flush=True)
     print_report(report)
 
 
@@ -108,7 +141,8 @@ def summarize(args, sigma: float, indices: list[int], labels: np.ndarray, answer
         return {
             "mean_samples": float(samples.mean()), "median_samples": float(np.median(samples)),
             "samples_ratio": float(standard_samples.mean() / samples.mean()),
-            "seconds": seconds[name], "seconds_ratio": seconds["standard"] / seconds[name],
+            "seconds": seconds[name],
+            "seconds_ratio": None if seconds[name] is None else seconds["standard"] / seconds[name],
         }
 
     results: dict = {"standard": {"n0": args.n0, "n": args.n, "certified_accuracy": standard_accuracy,
@@ -139,7 +173,7 @@ def summarize(args, sigma: float, indices: list[int], labels: np.ndarray, answer
     return {
         "model": os.path.abspath(args.model), "dataset": args.dataset_name, "split": "validation",
         "indices": indices, "num_images": len(indices), "sigma": sigma, "alpha": args.alpha, "radii": list(RADII),
-        "batch_size": args.batch_size, "group": args.group,
+        "batch_size": args.batch_size, "group": args.group, "replay": args.replay,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
         **results,
@@ -153,9 +187,10 @@ def print_report(report: dict) -> None:
             extra = f", ACR {row['acr']:.3f}" if "acr" in row else ""
             agreeing = row.get("decisions_agreeing")
             agree = "" if agreeing is None else f", decisions agreeing {100 * agreeing:.1f}%"
+            timing = ("replayed" if row["seconds"] is None
+                      else f"{row['seconds']:.0f} s ({row['seconds_ratio']:.1f}x less)")
             print(f"{name}: {row['mean_samples']:.0f} samples per image ({row['samples_ratio']:.1f}x fewer), "
-                  f"{row['seconds']:.0f} s ({row['seconds_ratio']:.1f}x less), certified {row['certified_accuracy']}"
-                  f"{extra}{agree}")
+                  f"{timing}, certified {row['certified_accuracy']}{extra}{agree}")
 
 
 if __name__ == "__main__":
