@@ -18,7 +18,10 @@ With ``--replay`` the sequential variants are replayed from the draws the standa
 class counts are recorded as the standard run draws them, and each variant runs the public ``Smoother`` methods
 with those counts served in place of forward passes. A sequential mode draws a prefix of the same streams, so
 its decisions and sample counts are exactly the live ones; only its wall time is not measured (null in the
-JSON). The whole benchmark then costs the standard run's forward passes alone.
+JSON). The whole benchmark then costs the standard run's forward passes alone. ``--draws file.npz`` keeps the
+recorded counts (with the run they belong to: model, data, seeds, n0, n); run again with the same file, every
+variant, the standard too, replays from it without a forward pass, so other sequential rules are measured on
+the same draws in seconds.
 
     python benchmarks/sample_efficiency.py --model runs/embedded/vit-lora-0.25 \
         --output benchmarks/results/sample_efficiency.json [--replay]
@@ -27,6 +30,7 @@ JSON). The whole benchmark then costs the standard run's forward passes alone.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -59,6 +63,27 @@ class RecordedDraws:
         return [np.array([self.counts[(seed, int(phase), num_samples, c)] for c in ids], dtype=np.int64
                          ).reshape(len(ids), self.num_classes) for seed, ids in zip(seeds, chunks)]
 
+    def save(self, path: str, run: dict) -> None:
+        """Write the counts and the ``run`` they belong to (model, data, seeds, n0, n) to ``path``, atomically."""
+        keys = list(self.counts)
+        arrays = {"seed": np.array([k[0] for k in keys], dtype=np.uint64),
+                  "key": np.array([k[1:] for k in keys], dtype=np.int64).reshape(-1, 3),
+                  "counts": np.array([self.counts[k] for k in keys], dtype=np.int64).reshape(-1, self.num_classes)}
+        temporary = f"{path}.tmp"
+        with open(temporary, "wb") as file:
+            np.savez_compressed(file, run=json.dumps(run, sort_keys=True), **arrays)
+        os.replace(temporary, path)
+
+    def load(self, path: str, run: dict) -> None:
+        """Read counts that ``save`` wrote for this very ``run``; any other run is an error, naming what differs."""
+        with np.load(path) as saved:
+            recorded = json.loads(str(saved["run"]))
+            if recorded != run:
+                differing = sorted(k for k in run.keys() | recorded.keys() if run.get(k) != recorded.get(k))
+                raise ValueError(f"--draws {path} holds the draws of another run (it differs in {differing})")
+            for seed, key, counts in zip(saved["seed"].tolist(), saved["key"].tolist(), saved["counts"]):
+                self.counts[(seed, *key)] = counts
+
 
 def certified_at(correct: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """[images, len(RADII)]: certified correctly at each radius of RADII (radius >= r)."""
@@ -84,7 +109,11 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results/sample_efficiency.json")
     parser.add_argument("--replay", action="store_true",
                         help="Replay the sequential variants from the standard run's draws (no wall time of theirs).")
+    parser.add_argument("--draws", help="With --replay: an .npz of the standard run's draws, written after the run; "
+                                        "where it exists, every variant (the standard too) replays from it.")
     args = parser.parse_args()
+    if args.draws and not args.replay:
+        parser.error("--draws needs --replay")
 
     model = SmoothedImageClassifier.from_pretrained(args.model)
     split = load_image_dataset(args.dataset_name)["validation"].with_transform(
@@ -109,22 +138,28 @@ def main() -> None:
                 x, n=args.n, seed=s, tolerance=t, confidence=c, **common
             )
     answers: dict[str, list] = {name: [] for name in variants}
-    seconds = {name: None if args.replay and name != "standard" else 0.0 for name in variants}
     draws = RecordedDraws(smoother)
+    run_record = {"model": os.path.abspath(args.model), "dataset": args.dataset_name, "indices": indices,
+                  "seed": args.seed, "n0": args.n0, "n": args.n}
+    replay_all = bool(args.draws) and os.path.exists(args.draws)
+    if replay_all:
+        draws.load(args.draws, run_record)
+    seconds = {name: None if replay_all or (args.replay and name != "standard") else 0.0 for name in variants}
     for start in range(0, len(indices), args.group):
         group = slice(start, start + args.group)
         for name, run in variants.items():
             if args.replay:  # the standard run draws (and records) every chunk the others read
-                smoother.chunk_counts = draws.record if name == "standard" else draws.replay
+                smoother.chunk_counts = draws.record if name == "standard" and not replay_all else draws.replay
             tic = time.perf_counter()
             answers[name].extend(run(images[group], seeds[group]))
             if seconds[name] is not None:
                 seconds[name] += time.perf_counter() - tic
-        draws.counts.clear()  # the next group's images have other seeds
         report = summarize(args, model.sigma, indices[: group.stop], labels[: group.stop], answers, seconds)
         write_json(report, args.output)
         timed = {name: round(s) for name, s in seconds.items() if s is not None}
         print(f"{len(answers['standard'])} images:", timed, flush=True)
+    if args.draws and not replay_all:
+        draws.save(args.draws, run_record)
     print_report(report)
 
 
