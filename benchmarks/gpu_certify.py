@@ -8,9 +8,11 @@ nothing is downloaded), and for each variant (fp32; bf16; bf16 + channels-last f
   - certify: ``Smoother.certify`` (seeded noise chunks drawn on the device, bincount counts) on a few images;
 
 in noisy samples per second, their ratio, and the seconds one image takes at n0 = 100, n = 100,000 at that
-rate. Rounds alternate between the two, the best round counts. Also the share of certificate rows (class,
-radius) identical at two batch sizes (kernels may differ by batch size: reported, not hidden). JSON with the
-device name. ``--tiny`` runs tiny configurations with few samples, on CPU too (the test suite runs it).
+rate. Rounds alternate between the two, the best round counts. The sampling alone (the same ``certify`` with a
+classifier that costs nothing: noise chunks, owner indices, bincount, host syncs) is timed too; its share of
+certify's time is the overhead off the forward. Also the share of certificate rows (class, radius) identical
+at two batch sizes (kernels may differ by batch size: reported, not hidden). JSON with the device name.
+``--tiny`` runs tiny configurations with few samples, on CPU too (the test suite runs it).
 
     python benchmarks/gpu_certify.py --output benchmarks/results/gpu_certify.json
 """
@@ -26,7 +28,7 @@ import time
 import torch
 from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
 
-from smoothing_hf import SmoothedImageClassifier, SmoothingConfig
+from smoothing_hf import SmoothedImageClassifier, Smoother, SmoothingConfig
 from smoothing_hf.files import write_json
 
 STANDARD_SAMPLES = 100 + 100_000  # n0 + n of a paper's CERTIFY
@@ -86,12 +88,24 @@ def measure(smoothed: SmoothedImageClassifier, options: dict, size: int, channel
         first = smoother.certify(images, **kwargs)
         synchronize(device)
         certify.append(args.images * (100 + args.n) / (time.perf_counter() - tic))
+    num_classes = smoother.num_classes
+    sampling = Smoother(lambda x: torch.zeros(len(x), num_classes, device=x.device), num_classes, sigma=0.25)
+    sampling.certify(images[:1], **{**kwargs, "n": args.batch_size})  # warm-up
+    sampling_only = []
+    for _ in range(args.rounds):
+        synchronize(device)
+        tic = time.perf_counter()
+        sampling.certify(images, **kwargs)
+        synchronize(device)
+        sampling_only.append(args.images * (100 + args.n) / (time.perf_counter() - tic))
     other = smoother.certify(images, **{**kwargs, "batch_size": args.batch_size // 2})
     same = sum((a.prediction, a.radius) == (b.prediction, b.radius) for a, b in zip(first, other))
     return {
         "bare_forward_samples_per_second": max(bare), "certify_samples_per_second": max(certify),
         "certify_over_bare_forward": max(certify) / max(bare),
         "seconds_per_image_at_n_100000": STANDARD_SAMPLES / max(certify),
+        "sampling_only_samples_per_second": max(sampling_only),
+        "sampling_share_of_certify_time": max(certify) / max(sampling_only),
         "rows_identical_at_batch_sizes": [args.batch_size, args.batch_size // 2],
         "share_of_rows_identical": same / len(first),
     }

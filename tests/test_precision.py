@@ -123,4 +123,5 @@ def test_the_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
     for variant in ("fp32", "bf16", "bf16+channels_last", "bf16+compile"):
         row = variants[variant]
         assert row["certify_samples_per_second"] > 0 and 0 <= row["share_of_rows_identical"] <= 1
+        assert row["sampling_only_samples_per_second"] > 0 and row["sampling_share_of_certify_time"] > 0
     assert results["device"]
