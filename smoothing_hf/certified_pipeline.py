@@ -35,7 +35,7 @@ from transformers.pipelines.base import Pipeline
 
 from .certification import certificates_from_counts, predictions_from_counts
 from .checks import check_alpha, check_choice, check_int, check_number, check_positive_int, check_seed
-from .noise import NOISE_CHUNK_SIZE, Phase, chunk_sizes, noise_chunk
+from .noise import NOISE_CHUNK_SIZE, Phase, chunk_sizes, image_seeds, noise_chunk
 
 if TYPE_CHECKING:  # for type hints only: the model loads on first use
     from .modeling import SmoothedImageClassifier
@@ -251,7 +251,7 @@ def _check_seeds(seed: Any) -> int | list[int]:
     if isinstance(seed, numbers.Integral):
         return check_seed(seed)
     if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
-        return [check_seed(s, f"seed[{i}]") for i, s in enumerate(seed)]
+        return image_seeds(seed, len(seed))  # each checked, as the smoother checks them
     raise TypeError(f"`seed` must be an int >= 0 or a list of them (one per image), got {type(seed).__name__}")
 
 
