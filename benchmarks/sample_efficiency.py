@@ -3,10 +3,13 @@
 On the same held-out images, the same seeds and the same alpha:
   - standard: ``Smoother.certify`` with n0 = 100, n = 100,000 (what papers run);
   - radii: ``Smoother.certify_at_radii`` at r = 0, 0.25, 0.5, 0.75 with up to max_n = 100,000, for each
-    confidence sequence (betting, bonferroni, one_sided): certified accuracy at each radius against the standard
-    run's, and the share of (image, radius) decisions that agree;
+    confidence sequence (betting, bonferroni, one_sided), without a futility level and with each of
+    ``--futilities``: certified accuracy at each radius against the standard run's, and the share of
+    (image, radius) decisions that agree;
   - adaptive: ``Smoother.certify(..., tolerance=t)`` with the budget n = 100,000, for each sequence with bounds:
-    certified accuracy at each radius and ACR against the standard run's.
+    certified accuracy at each radius and ACR against the standard run's;
+  - floor: no run, Wald's bound on the samples any valid sequential test needs to certify what the standard
+    run certified (``wald_floor``), so a target above it cannot be met on these images.
 Each image's noise stream is the same in all runs (``derive_seed(seed, idx)``), so the sequential modes draw a
 prefix of the standard run's samples. The images go in groups (``--group``, as the dataset pipeline packs
 them); every variant certifies a group before the next group starts, so a change in machine load between
@@ -20,11 +23,12 @@ with those counts served in place of forward passes. A sequential mode draws a p
 its decisions and sample counts are exactly the live ones; only its wall time is not measured (null in the
 JSON). The whole benchmark then costs the standard run's forward passes alone. ``--draws file.npz`` keeps the
 recorded counts (with the run they belong to: model, data, seeds, n0, n); run again with the same file, every
-variant, the standard too, replays from it without a forward pass, so other sequential rules are measured on
-the same draws in seconds.
+variant, the standard too, replays from it without a forward pass (the standard's wall time is the one recorded
+in the file), so other sequential rules are measured on the same draws in seconds. ``--live NAME ...`` draws and
+times the variants named even so.
 
     python benchmarks/sample_efficiency.py --model runs/embedded/vit-lora-0.25 \
-        --output benchmarks/results/sample_efficiency.json [--replay]
+        --output benchmarks/results/sample_efficiency.json [--replay [--draws draws.npz] [--live NAME ...]]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import time
 
 import numpy as np
 import torch
+from scipy.stats import norm
 
 from smoothing_hf import ABSTAIN, ImageClassificationTransform, SmoothedImageClassifier, derive_seed, load_image_dataset
 from smoothing_hf.certification import BOUNDING_SEQUENCES, CONFIDENCE_SEQUENCES
@@ -63,19 +68,21 @@ class RecordedDraws:
         return [np.array([self.counts[(seed, int(phase), num_samples, c)] for c in ids], dtype=np.int64
                          ).reshape(len(ids), self.num_classes) for seed, ids in zip(seeds, chunks)]
 
-    def save(self, path: str, run: dict) -> None:
-        """Write the counts and the ``run`` they belong to (model, data, seeds, n0, n) to ``path``, atomically."""
+    def save(self, path: str, run: dict, seconds: float) -> None:
+        """Write the counts, the ``run`` they belong to (model, data, seeds, n0, n) and the standard run's wall
+        ``seconds`` to ``path``, atomically."""
         keys = list(self.counts)
         arrays = {"seed": np.array([k[0] for k in keys], dtype=np.uint64),
                   "key": np.array([k[1:] for k in keys], dtype=np.int64).reshape(-1, 3),
                   "counts": np.array([self.counts[k] for k in keys], dtype=np.int64).reshape(-1, self.num_classes)}
         temporary = f"{path}.tmp"
         with open(temporary, "wb") as file:
-            np.savez_compressed(file, run=json.dumps(run, sort_keys=True), **arrays)
+            np.savez_compressed(file, run=json.dumps(run, sort_keys=True), seconds=seconds, **arrays)
         os.replace(temporary, path)
 
-    def load(self, path: str, run: dict) -> None:
-        """Read counts that ``save`` wrote for this very ``run``; any other run is an error, naming what differs."""
+    def load(self, path: str, run: dict) -> float:
+        """Read counts that ``save`` wrote for this very ``run`` (any other run is an error, naming what differs);
+        return the standard run's recorded wall seconds."""
         with np.load(path) as saved:
             recorded = json.loads(str(saved["run"]))
             if recorded != run:
@@ -83,6 +90,7 @@ class RecordedDraws:
                 raise ValueError(f"--draws {path} holds the draws of another run (it differs in {differing})")
             for seed, key, counts in zip(saved["seed"].tolist(), saved["key"].tolist(), saved["counts"]):
                 self.counts[(seed, *key)] = counts
+            return float(saved["seconds"])
 
 
 def certified_at(correct: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -103,17 +111,21 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000, help="Standard n, and max_n of the sequential modes.")
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--tolerances", type=float, nargs="+", default=[0.05], help="Tolerances of adaptive mode.")
+    parser.add_argument("--futilities", type=float, nargs="*", default=[0.05],
+                        help="Futility levels of the radii mode, each run beside the mode without one.")
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--group", type=int, default=10, help="Images per call (the pipeline's packing).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="benchmarks/results/sample_efficiency.json")
     parser.add_argument("--replay", action="store_true",
                         help="Replay the sequential variants from the standard run's draws (no wall time of theirs).")
+    parser.add_argument("--live", nargs="*", default=[],
+                        help="With --replay: variants (named as in the JSON) that draw their noise and are timed.")
     parser.add_argument("--draws", help="With --replay: an .npz of the standard run's draws, written after the run; "
                                         "where it exists, every variant (the standard too) replays from it.")
     args = parser.parse_args()
-    if args.draws and not args.replay:
-        parser.error("--draws needs --replay")
+    if (args.draws or args.live) and not args.replay:
+        parser.error("--draws and --live need --replay")
 
     model = SmoothedImageClassifier.from_pretrained(args.model)
     split = load_image_dataset(args.dataset_name)["validation"].with_transform(
@@ -129,9 +141,11 @@ def main() -> None:
 
     variants = {"standard": lambda x, s: smoother.certify(x, n=args.n, seed=s, **common)}
     for confidence in CONFIDENCE_SEQUENCES:
-        variants[f"radii/{confidence}"] = lambda x, s, c=confidence: smoother.certify_at_radii(
-            x, RADII, max_n=args.n, seed=s, confidence=c, **common
-        )
+        for futility in [None, *args.futilities]:
+            name = f"radii/{confidence}" + ("" if futility is None else f"/futility{futility:g}")
+            variants[name] = lambda x, s, c=confidence, f=futility: smoother.certify_at_radii(
+                x, RADII, max_n=args.n, seed=s, confidence=c, futility=f, **common
+            )
     for confidence in BOUNDING_SEQUENCES:  # the adaptive mode reads bounds
         for tolerance in args.tolerances:
             variants[f"adaptive/{confidence}/{tolerance:g}"] = lambda x, s, c=confidence, t=tolerance: smoother.certify(
@@ -142,24 +156,29 @@ def main() -> None:
     run_record = {"model": os.path.abspath(args.model), "dataset": args.dataset_name, "indices": indices,
                   "seed": args.seed, "n0": args.n0, "n": args.n}
     replay_all = bool(args.draws) and os.path.exists(args.draws)
+    unknown = sorted(set(args.live) - set(variants))
+    if unknown:
+        parser.error(f"--live {unknown}: not among the variants {sorted(variants)}")
+    seconds = {name: None if args.replay and name != "standard" and name not in args.live else 0.0
+               for name in variants}
     if replay_all:
-        draws.load(args.draws, run_record)
-    seconds = {name: None if replay_all or (args.replay and name != "standard") else 0.0 for name in variants}
+        seconds["standard"] = draws.load(args.draws, run_record)
     for start in range(0, len(indices), args.group):
         group = slice(start, start + args.group)
         for name, run in variants.items():
             if args.replay:  # the standard run draws (and records) every chunk the others read
-                smoother.chunk_counts = draws.record if name == "standard" and not replay_all else draws.replay
+                replayed = replay_all or name != "standard"
+                smoother.chunk_counts = draws.replay if replayed and name not in args.live else draws.record
             tic = time.perf_counter()
             answers[name].extend(run(images[group], seeds[group]))
-            if seconds[name] is not None:
+            if seconds[name] is not None and not (replay_all and name == "standard"):
                 seconds[name] += time.perf_counter() - tic
         report = summarize(args, model.sigma, indices[: group.stop], labels[: group.stop], answers, seconds)
         write_json(report, args.output)
         timed = {name: round(s) for name, s in seconds.items() if s is not None}
         print(f"{len(answers['standard'])} images:", timed, flush=True)
     if args.draws and not replay_all:
-        draws.save(args.draws, run_record)
+        draws.save(args.draws, run_record, seconds["standard"])
     print_report(report)
 
 
@@ -181,7 +200,8 @@ def summarize(args, sigma: float, indices: list[int], labels: np.ndarray, answer
         }
 
     results: dict = {"standard": {"n0": args.n0, "n": args.n, "certified_accuracy": standard_accuracy,
-                                  "acr": standard_acr, **costs("standard", standard_samples)}}
+                                  "acr": standard_acr, **costs("standard", standard_samples)},
+                     "floor": wald_floor(args, sigma, standard, reference, standard_samples)}
     for name, decisions in answers.items():
         samples = np.array([d.samples for d in decisions])
         if name.startswith("radii/"):
@@ -215,6 +235,22 @@ def summarize(args, sigma: float, indices: list[int], labels: np.ndarray, answer
     }
 
 
+def wald_floor(args, sigma: float, standard: list, reference: np.ndarray, standard_samples: np.ndarray) -> dict:
+    """The fewest samples per image that any valid sequential test needs, in expectation, to certify what the
+    standard run certified: by Wald's bound, a test with error probability alpha at p = p* needs at least
+    about log(1 / alpha) / KL(p || p*) draws on average where the truth is p (each image's share of cA among
+    the standard run's n draws stands in for p), so an image costs n0 plus that at the largest threshold
+    the standard certified it at (n0 alone where it certified none), capped at n. Refuting a threshold
+    costs nothing here (a test may give up at any time), so this floor is below what any rule can reach."""
+    shares = np.clip(np.array([c.count for c in standard]) / args.n, 1e-12, 1 - 1e-12)[:, None]
+    thresholds = np.maximum(norm.cdf(np.array(RADII) / sigma), 0.5)[None, :]
+    divergence = shares * np.log(shares / thresholds) + (1 - shares) * np.log((1 - shares) / (1 - thresholds))
+    needed = np.where(reference & (shares > thresholds), np.log(1 / args.alpha) / np.maximum(divergence, 1e-300), 0)
+    samples = args.n0 + np.minimum(needed, args.n).max(axis=1)
+    return {"mean_samples": float(samples.mean()), "median_samples": float(np.median(samples)),
+            "samples_ratio": float(standard_samples.mean() / samples.mean())}
+
+
 def print_report(report: dict) -> None:
     for name in report:
         row = report[name]
@@ -222,10 +258,11 @@ def print_report(report: dict) -> None:
             extra = f", ACR {row['acr']:.3f}" if "acr" in row else ""
             agreeing = row.get("decisions_agreeing")
             agree = "" if agreeing is None else f", decisions agreeing {100 * agreeing:.1f}%"
-            timing = ("replayed" if row["seconds"] is None
+            timing = ("no run" if "seconds" not in row else "replayed" if row["seconds"] is None
                       else f"{row['seconds']:.0f} s ({row['seconds_ratio']:.1f}x less)")
+            certified = f", certified {row['certified_accuracy']}" if "certified_accuracy" in row else ""
             print(f"{name}: {row['mean_samples']:.0f} samples per image ({row['samples_ratio']:.1f}x fewer), "
-                  f"{timing}, certified {row['certified_accuracy']}{extra}{agree}")
+                  f"{timing}{certified}{extra}{agree}")
 
 
 if __name__ == "__main__":

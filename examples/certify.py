@@ -106,6 +106,11 @@ class CertifyArguments:
         metadata={"help": f"Sequential modes: the confidence sequence, one of {list(CONFIDENCE_SEQUENCES)} "
                   f"(adaptive: one of {list(BOUNDING_SEQUENCES)}; default {DEFAULT_CONFIDENCE})."},
     )
+    futility: float | None = field(
+        default=None,
+        metadata={"help": "fixed_radius / radii modes: give up on a radius once certifying it by max_n is out of "
+                  "reach at this level, in (0, 1), e.g. 0.05 (never certifies; the alpha guarantee is kept)."},
+    )
     update_model_card: bool = field(
         default=False,
         metadata={"help": "Write the results into the smoothing_config.json and README.md of --model_name_or_path "
@@ -145,8 +150,9 @@ def main() -> None:
         n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
         output_dir=args.output_dir, max_examples=args.max_examples, skip=args.skip, num_shards=args.num_shards,
         shard_index=args.shard_index, sample_parallel=args.sample_parallel, mode=args.mode, radius=args.radius,
-        max_n=args.max_n, tolerance=args.tolerance, growth=args.growth, confidence=args.confidence, radii=args.radii,
-        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+        max_n=args.max_n, tolerance=args.tolerance, growth=args.growth, confidence=args.confidence,
+        futility=args.futility, radii=args.radii, precision=args.precision, channels_last=args.channels_last,
+        compile=args.compile,
         dataset_name=data_args.source, split=data_args.split,
     )
     if PartialState().is_main_process:

@@ -19,6 +19,7 @@ from .certification import (
     Smoother,
     certificates_from_counts,
     check_confidence,
+    check_futility,
     check_radii_to_test,
     predictions_from_counts,
 )
@@ -29,7 +30,7 @@ from .reporting import summarize
 from .reporting.metrics import check_radii
 from .reporting.validation import radius_column
 
-MODE_OPTIONS = ("radius", "max_n", "tolerance", "confidence")
+MODE_OPTIONS = ("radius", "max_n", "tolerance", "confidence", "futility")
 """Settings without a default in ``certify()``: given only to the modes that take them."""
 
 
@@ -38,7 +39,8 @@ MODE_OPTIONS = ("radius", "max_n", "tolerance", "confidence")
 class Mode:
     """One way of certifying a dataset.
 
-    ``takes``: the sample settings it uses, among n0, n, radius, radii, max_n, tolerance, growth, confidence
+    ``takes``: the sample settings it uses, among n0, n, radius, radii, max_n, tolerance, growth, confidence,
+    futility
     (the others are recorded as None); a mode that takes radii has one 0/1 column per radius tested.
     ``decide(smoother, pixels, seeds, settings, batch_size)`` certifies a group of images;
     ``row(decision, settings)`` gives its row's predict, radius and samples. ``from_counts`` (sample-parallel
@@ -130,10 +132,10 @@ MODES = {
         ),
         Mode(
             "fixed_radius", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS,
-            ("n0", "radius", "max_n", "growth", "confidence"),
+            ("n0", "radius", "max_n", "growth", "confidence", "futility"),
             decide=lambda smoother, pixels, seeds, s, batch: smoother.certify_at_radius(
                 pixels, s["radius"], n0=s["n0"], max_n=s["max_n"], alpha=s["alpha"], batch_size=batch, seed=seeds,
-                growth=s["growth"], confidence=s["confidence"]),
+                growth=s["growth"], confidence=s["confidence"], futility=s["futility"]),
             row=_radius_row, summarize=_fixed_radius_summary,
         ),
         Mode(
@@ -145,10 +147,11 @@ MODES = {
             row=_certificate_row, summarize=_radii_summary, plots=True,
         ),
         Mode(
-            "radii", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS, ("n0", "radii", "max_n", "growth", "confidence"),
+            "radii", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS, ("n0", "radii", "max_n", "growth", "confidence",
+                                                               "futility"),
             decide=lambda smoother, pixels, seeds, s, batch: smoother.certify_at_radii(
                 pixels, s["radii"], n0=s["n0"], max_n=s["max_n"], alpha=s["alpha"], batch_size=batch, seed=seeds,
-                growth=s["growth"], confidence=s["confidence"]),
+                growth=s["growth"], confidence=s["confidence"], futility=s["futility"]),
             row=_tested_radii_row, summarize=_tested_radii_summary,
         ),
     ]
@@ -171,12 +174,13 @@ def check_mode(
     confidence: str | None,
     radii: Sequence[float],
     sample_parallel: bool,
+    futility: float | None = None,
 ) -> Mode:
     """The ``MODES`` row of ``mode``, after checking the settings it takes (``smoothing_hf.pipeline.certify``'s
-    arguments); a setting without a default (radius, max_n, tolerance, confidence) given to a mode that does not
-    take it is an error."""
+    arguments); a setting without a default (radius, max_n, tolerance, confidence, futility) given to a mode that
+    does not take it is an error."""
     chosen = MODES[check_choice(mode, "mode", MODES)]
-    given = {"radius": radius, "max_n": max_n, "tolerance": tolerance, "confidence": confidence}
+    given = {"radius": radius, "max_n": max_n, "tolerance": tolerance, "confidence": confidence, "futility": futility}
     unused = [name for name in MODE_OPTIONS if given[name] is not None and name not in chosen.takes]
     if unused:
         takers = sorted(m.name for m in MODES.values() if set(unused) & set(m.takes))
@@ -203,6 +207,8 @@ def check_mode(
         check_number(growth, "growth", minimum=1, strict_minimum=True)
     if "confidence" in chosen.takes and confidence is not None:
         check_confidence(confidence, needs_bounds="tolerance" in chosen.takes)
+    if "futility" in chosen.takes:
+        check_futility(futility)
     if "radii" in chosen.takes:
         check_radii_to_test(radii)
     else:

@@ -69,6 +69,7 @@ def certify(
     tolerance: float | None = None,
     growth: float = 4.0,
     confidence: str | None = None,
+    futility: float | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
     compile: bool = False,
@@ -104,7 +105,8 @@ def certify(
             ``certify.tsv`` with a 0/1 column per radius). ``growth`` and ``confidence`` (the confidence
             sequence, ``smoothing_hf.certification.CONFIDENCE_SEQUENCES``, for "adaptive" one of
             ``BOUNDING_SEQUENCES``; default ``DEFAULT_CONFIDENCE``) are those of the sequential modes, which
-            split images, not samples, over processes.
+            split images, not samples, over processes. ``futility`` (fixed_radius and radii modes): give up
+            on a radius once certifying it by max_n is out of reach at that level (``Smoother.certify_at_radii``).
         precision: the forward pass's precision, "fp32", "bf16" or "fp16" (``Smoother``): the certificates are for
             the classifier evaluated so; recorded in ``settings.json`` and checked on resume.
         channels_last, compile: how the forward pass runs (``Smoother``); like the batch size, not recorded.
@@ -119,7 +121,7 @@ def certify(
     Returns:
         The summary written to ``summary.json``.
     """
-    chosen = check_mode(mode, n0, n, radius, max_n, tolerance, growth, confidence, radii, sample_parallel)
+    chosen = check_mode(mode, n0, n, radius, max_n, tolerance, growth, confidence, radii, sample_parallel, futility)
     _check_selection(skip, max_examples, num_shards, shard_index)
     alpha, seed, batch_size = check_alpha(alpha), check_seed(seed), check_positive_int(batch_size, "batch_size")
     for name, value in (("dataset_name", dataset_name), ("split", split)):
@@ -127,7 +129,8 @@ def certify(
             raise TypeError(f"`{name}` must be a str or None, got {type(value).__name__}")
     state = PartialState(cpu=not torch.cuda.is_available())
     given = {"n0": n0, "n": n, "radius": radius, "radii": check_radii_to_test(radii), "max_n": max_n,
-             "tolerance": tolerance, "growth": growth, "confidence": confidence or DEFAULT_CONFIDENCE}
+             "tolerance": tolerance, "growth": growth, "confidence": confidence or DEFAULT_CONFIDENCE,
+             "futility": futility}
     settings = {
         "mode": mode,
         "sigma": model.sigma,

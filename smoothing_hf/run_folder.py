@@ -39,6 +39,7 @@ RESUME_KEYS = (
     "tolerance",
     "growth",
     "confidence",
+    "futility",
 )
 """Settings a resumed run must share with the folder's recorded ones. Batch size and process count may differ
 (rows do not depend on them); ``max_examples`` may grow (a finished run is extended) but not drop examples the

@@ -118,7 +118,8 @@ def test_resuming_with_other_settings_is_an_error(model, dataset, tmp_path):
 def test_resuming_radii_mode_with_other_radii_or_another_confidence_sequence_is_an_error(model, dataset, tmp_path):
     radii = dict(SETTINGS, mode="radii", max_n=400, radii=[0.0, 0.05])
     certify(model, dataset, output_dir=tmp_path, max_examples=2, **radii)
-    for change in ({"radii": [0.0, 0.02]}, {"radii": [0.05, 0.0]}, {"confidence": "betting"}, {"max_n": 500}):
+    for change in ({"radii": [0.0, 0.02]}, {"radii": [0.05, 0.0]}, {"confidence": "betting"}, {"max_n": 500},
+                   {"futility": 0.05}):
         with pytest.raises(ValueError, match=f"{next(iter(change))}="):
             certify(model, dataset, output_dir=tmp_path, max_examples=2, **{**radii, **change})
     certify(model, dataset, output_dir=tmp_path, max_examples=3, **radii)  # the same run extends
@@ -199,6 +200,9 @@ def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_pa
         ({"mode": "radii", "max_n": 500, "radii": [0.25, -0.5]}, r"`radii\[1\]` must be a finite number >= 0"),
         ({"mode": "radii", "max_n": 500, "radii": [float("nan")]}, r"`radii\[0\]` must be a finite number >= 0"),
         ({"mode": "radii", "max_n": 500, "confidence": "wald"}, "`confidence` must be one of"),
+        ({"mode": "radii", "max_n": 500, "futility": 1.0}, "`futility` must be"),
+        ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "futility": 0.05},
+         r"\['futility'\] apply to mode 'fixed_radius' or 'radii' only"),
         ({"mode": "radii", "max_n": 500, "sample_parallel": True}, "splits images over processes"),
         ({"alpha": float("nan")}, "`alpha`"),
         ({"alpha": 1.0}, "`alpha`"),
@@ -220,7 +224,8 @@ def test_bad_arguments_are_refused_before_anything_is_written(model, dataset, tm
 @pytest.mark.parametrize(
     "mode, option",
     [("fixed_radius", {"radius": 0.05}), ("adaptive", {"tolerance": 0.05}),
-     ("radii", {"radii": [0.05, 0.0, 0.02]}), ("radii", {"radii": [0.02], "confidence": "bonferroni"})],
+     ("radii", {"radii": [0.05, 0.0, 0.02]}), ("radii", {"radii": [0.02], "confidence": "bonferroni"}),
+     ("radii", {"radii": [0.0, 0.02], "confidence": "one_sided", "futility": 0.1})],
 )
 def test_sequential_modes_give_the_smoothers_answers_whatever_the_batch_size(model, dataset, tmp_path, mode, option):
     settings = dict(n0=10, max_n=700, alpha=0.01, seed=3, mode=mode, **option)
@@ -238,7 +243,8 @@ def test_sequential_modes_give_the_smoothers_answers_whatever_the_batch_size(mod
     elif mode == "radii":
         radii, confidence = option["radii"], option.get("confidence", DEFAULT_CONFIDENCE)
         answers = smoother.certify_at_radii(
-            pixels, radii, n0=10, max_n=700, alpha=0.01, batch_size=256, seed=seeds, confidence=confidence
+            pixels, radii, n0=10, max_n=700, alpha=0.01, batch_size=256, seed=seeds, confidence=confidence,
+            futility=option.get("futility"),
         )
         expected = [(d.prediction, max([r for r, c in zip(radii, d.certified) if c], default=0.0), d.samples)
                     for d in answers]
@@ -247,6 +253,7 @@ def test_sequential_modes_give_the_smoothers_answers_whatever_the_batch_size(mod
         ]
         assert set(summary["certified_accuracy"]) == {f"{r:g}" for r in radii} and "acr" not in summary
         assert summary["settings"]["radii"] == radii and summary["settings"]["confidence"] == confidence
+        assert summary["settings"]["futility"] == option.get("futility")
         assert list(rows[0]) == ["idx", "label", "predict", "radius", "correct",
                                  *(f"certified_{r:g}" for r in radii), "samples", "pixel_digest"]
     else:

@@ -221,6 +221,45 @@ def test_few_undecided_images_still_fill_the_forward_batches(linear_boundary):
     assert np.mean(estimation) > 0.9 * 1024, estimation
 
 
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_futility_gives_up_on_radii_out_of_reach_and_never_adds_a_certificate(linear_boundary, confidence):
+    """Points just under a threshold (true radius 0.002 below 0.25, 0.5 or 0.75) and away from them: without a
+    futility level those under it run to max_n; with one they stop long before, and what is certified with
+    futility is certified without it (giving up can only lose a True). Points far from every threshold
+    decide as before."""
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    distances = np.array([0.248, -0.498, 0.748, -0.3, 0.9, -1.2])
+    kwargs = dict(n0=100, max_n=100_000, alpha=0.001, batch_size=4096, seed=8, confidence=confidence)
+    images = images_at(linear_boundary, distances)
+    patient = smoother.certify_at_radii(images, RADII, **kwargs)
+    hasty = smoother.certify_at_radii(images, RADII, futility=0.05, **kwargs)
+    for slow, fast in zip(patient, hasty):
+        assert all(f <= s for s, f in zip(slow.certified, fast.certified))
+        assert fast.samples <= slow.samples and fast.prediction == slow.prediction
+    under = np.arange(len(distances)) < 3
+    assert all(d.samples == 100_100 for d, u in zip(patient, under) if u)
+    assert all(d.samples <= 35_000 for d, u in zip(hasty, under) if u), [d.samples for d in hasty]  # a third
+    # Just under a threshold, every radius below it stays certified.
+    assert [d.certified for d in hasty[:3]] == [tuple(r < abs(d) for r in RADII) for d in distances[:3]]
+    assert [d.certified for d in hasty[3:]] == [d.certified for d in patient[3:]]
+
+
+@pytest.mark.parametrize("confidence", CONFIDENCE_SEQUENCES)
+def test_futility_keeps_the_alpha_guarantee(linear_boundary, confidence):
+    """The soundness test above, with a futility level: giving up never certifies."""
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    alpha, per_radius = 0.05, 60
+    distances = np.concatenate([np.full(per_radius, r - 0.001) for r in (0.25, 0.5, 0.75)])
+    distances = distances * np.where(np.arange(len(distances)) % 2, 1, -1)
+    decisions = smoother.certify_at_radii(
+        images_at(linear_boundary, distances), RADII, n0=64, max_n=4096, alpha=alpha, batch_size=8192, seed=5,
+        confidence=confidence, futility=0.2,
+    )
+    certified = np.array([d.certified for d in decisions])
+    too_far = (certified & (np.array(RADII)[None, :] > np.abs(distances)[:, None])).any(axis=1)
+    assert too_far.sum() <= binom.ppf(0.999, len(distances), alpha)
+
+
 def test_radii_bad_input(linear_boundary):
     smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
     image = linear_boundary.image_at(0.3)
@@ -238,6 +277,13 @@ def test_radii_bad_input(linear_boundary):
         smoother.certify_at_radii(image, RADII, **{**kwargs, "max_n": 5})
     with pytest.raises(ValueError, match="`confidence` must be one of"):
         smoother.certify_at_radii(image, RADII, confidence="hoeffding", **kwargs)
+    for futility in (0, 1, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="`futility` must be"):
+            smoother.certify_at_radii(image, RADII, futility=futility, **kwargs)
+        with pytest.raises(ValueError, match="`futility` must be"):
+            smoother.certify_at_radius(image, 0.25, futility=futility, **kwargs)
+    with pytest.raises(TypeError, match="`futility` must be"):
+        smoother.certify_at_radii(image, RADII, futility="0.05", **kwargs)
     with pytest.raises(ValueError, match="`confidence` must be one of"):
         smoother.certify(image, n0=10, n=100, alpha=0.01, batch_size=10, confidence="wald")
     # The one-sided tests decide thresholds; the adaptive mode needs bounds.

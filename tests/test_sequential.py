@@ -152,6 +152,23 @@ def test_adaptive_stops_early_when_more_samples_would_not_pay(linear_boundary):
 
 
 @pytest.mark.parametrize("confidence", BOUNDING_SEQUENCES)
+def test_adaptive_does_not_abstain_for_a_small_gain_where_the_budget_establishes_the_class(
+    linear_boundary, confidence
+):
+    """At distance 0.02 (p_A = Phi(0.08) = 0.532) n = 100,000 establishes the class (fixed-n CERTIFY names it,
+    radius about 0.015) though any radius there is under the tolerance. Stopping for a gain under the tolerance
+    before the class was established used to abstain after the first look; the class is a whole gain."""
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    images = images_at(linear_boundary, [0.02, -0.02])
+    kwargs = dict(n0=100, n=100_000, alpha=0.001, batch_size=8192, seed=4)
+    fixed = smoother.certify(images, **kwargs)
+    adaptive = smoother.certify(images, tolerance=0.05, confidence=confidence, **kwargs)
+    assert [c.prediction for c in fixed] == [1, 0]
+    assert [c.prediction for c in adaptive] == [1, 0]
+    assert all(0 < c.radius < 0.02 for c in adaptive)
+
+
+@pytest.mark.parametrize("confidence", BOUNDING_SEQUENCES)
 def test_adaptive_certificates_do_not_depend_on_batch_size(linear_boundary, confidence):
     smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
     images = images_at(linear_boundary, np.linspace(-0.5, 0.5, 7))

@@ -9,7 +9,7 @@ Three modes share one scheduler (``estimate_sequentially``):
 
 - ``certify_at_radius``: is p_A >= Phi(r / sigma) at one radius r;
 - ``certify_at_radii``: the same at several radii from one sequence: an image stops once every threshold is
-  decided (its interval straddles none of them);
+  decided (its interval straddles none of them), or, with a ``futility`` level, given up as out of reach;
 - ``certify_adaptive``: Cohen's radius from the largest lower bound seen, stopping once looking further
   would raise the radius by less than a tolerance.
 
@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from scipy.stats import beta
 
 from ..noise import NOISE_CHUNK_SIZE, Phase, chunk_sizes
 from .bounds import radius_from_bound, radius_threshold
@@ -46,15 +47,18 @@ StopRule = Callable[[np.ndarray, np.ndarray, int, bool], np.ndarray]
 
 def certify_at_radii(
     sample_chunks: ChunkSampler, sigma: float, images: torch.Tensor, seeds: Sequence[int], radii: Sequence[float],
-    *, n0: int, batch_size: int, sequence: ConfidenceSequence,
+    *, n0: int, batch_size: int, sequence: ConfidenceSequence, futility: float | None = None,
 ) -> list[RadiiDecision]:
     """``Smoother.certify_at_radii`` on checked inputs: at each checkpoint, a threshold p*_j = Phi(r_j / sigma)
     passes once the lower bound reaches it (or its one-sided test passes) and is refuted once the upper bound is
-    under it. Thresholds are claimed in increasing order only: p*_j once it and every smaller one have passed
-    (for bounds this changes nothing; for "one_sided" it is what lets every test use the whole alpha), and none
-    above a refuted one. An image stops when each of its thresholds is claimed or out of reach, or at max_n."""
+    under it, or (with ``futility``) once it is out of reach (``_out_of_reach``). Thresholds are claimed in
+    increasing order only: p*_j once it and every smaller one have passed (for bounds this changes nothing; for
+    "one_sided" it is what lets every test use the whole alpha), and none above a refuted one. An image stops
+    when each of its thresholds is claimed or refuted, or at max_n."""
     thresholds = np.array([radius_threshold(r, sigma) for r in radii] + [0.5])  # the last: is cA established
     order = np.argsort(thresholds, kind="stable")
+    max_n = sequence.checkpoints[-1]
+    needed = None if futility is None else _successes_needed(sequence, thresholds)
     passed = np.zeros((len(images), len(thresholds)), dtype=bool)
     refuted = np.zeros_like(passed)
 
@@ -66,6 +70,8 @@ def certify_at_radii(
 
     def stop(active: np.ndarray, count_a: np.ndarray, trials: int, last: bool) -> np.ndarray:
         above, below = sequence.decide(count_a, trials, thresholds)
+        if needed is not None:
+            below = below | _out_of_reach(count_a, trials, max_n, needed, futility)
         passed[active] |= above
         refuted[active] |= below & ~passed[active]
         settled = in_order(passed[active], np.logical_and) | in_order(refuted[active], np.logical_or)
@@ -83,13 +89,35 @@ def certify_at_radii(
 
 def certify_at_radius(
     sample_chunks: ChunkSampler, sigma: float, images: torch.Tensor, seeds: Sequence[int], radius: float, *,
-    n0: int, batch_size: int, sequence: ConfidenceSequence,
+    n0: int, batch_size: int, sequence: ConfidenceSequence, futility: float | None = None,
 ) -> list[RadiusDecision]:
     """``Smoother.certify_at_radius`` on checked inputs: ``certify_at_radii`` at the one radius."""
     decisions = certify_at_radii(
-        sample_chunks, sigma, images, seeds, [radius], n0=n0, batch_size=batch_size, sequence=sequence
+        sample_chunks, sigma, images, seeds, [radius], n0=n0, batch_size=batch_size, sequence=sequence,
+        futility=futility,
     )
     return [RadiusDecision(d.prediction, d.certified[0], d.samples) for d in decisions]
+
+
+def _successes_needed(sequence: ConfidenceSequence, thresholds: np.ndarray) -> np.ndarray:
+    """[R]: the fewest top-class draws among max_n with which ``sequence`` certifies each threshold at its last
+    look (max_n + 1 where none does)."""
+    max_n = sequence.checkpoints[-1]
+    above, _ = sequence.decide(np.arange(max_n + 1), max_n, thresholds)
+    return np.where(above.any(axis=0), above.argmax(axis=0), max_n + 1)
+
+
+def _out_of_reach(
+    count_a: np.ndarray, trials: int, max_n: int, needed: np.ndarray, futility: float
+) -> np.ndarray:
+    """[B, R]: thresholds to give up on after [B] ``count_a`` of ``trials`` draws: max_n draws cannot reach the
+    ``needed`` [R] count even if every draw left is cA, or the one-sided (1 - futility) Clopper-Pearson upper
+    bound of p_A is under the share needed, needed / max_n (certifying by max_n would then take more luck
+    than ``futility`` allows). Giving up never certifies anything, so it leaves the alpha guarantee whole;
+    it only loses a certificate that max_n draws would, against those odds, have given."""
+    count_a = np.asarray(count_a, dtype=np.float64)[:, None]
+    upper = np.where(count_a < trials, beta.ppf(1 - futility, count_a + 1, trials - count_a), 1.0)
+    return (count_a + (max_n - trials) < needed[None, :]) | (upper * max_n < needed[None, :])
 
 
 def certify_adaptive(
@@ -99,8 +127,9 @@ def certify_adaptive(
     """``Smoother.certify`` with a ``tolerance``, on checked inputs: the certificate uses the largest lower
     bound of p_A seen at any checkpoint (all hold at once with probability >= 1 - alpha, so it is as valid as
     fixed-n CERTIFY's). An image stops once the sequence's next look (``sequence.horizon``), at its current
-    share of top-class draws, would raise its radius by less than ``tolerance``, once its upper bound falls
-    below 1/2 (it will abstain), or at max_n."""
+    share of top-class draws, would raise its radius by less than ``tolerance`` (only once p_A > 1/2 is
+    established: from abstaining to a class is not a small gain, however small the radius), once its upper
+    bound falls below 1/2 (it will abstain), or at max_n."""
     best = np.zeros(len(images))
 
     def stop(active: np.ndarray, count_a: np.ndarray, trials: int, last: bool) -> np.ndarray:
@@ -111,7 +140,7 @@ def certify_adaptive(
             return np.ones(len(active), dtype=bool)
         projected, _ = sequence.bounds(count_a / trials * horizon, horizon)
         gain = radius_from_bound(projected, sigma) - radius_from_bound(best[active], sigma)
-        return (upper < 0.5) | (gain < tolerance)
+        return (upper < 0.5) | ((best[active] >= 0.5) & (gain < tolerance))
 
     top, selection, counts, used = estimate_sequentially(sample_chunks, images, seeds, n0, sequence, batch_size, stop)
     radii = radius_from_bound(best, sigma)

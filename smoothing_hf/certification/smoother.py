@@ -31,7 +31,7 @@ from .certificates import (
     check_radii_to_test,
     predictions_from_counts,
 )
-from .confidence import DEFAULT_CONFIDENCE, ConfidenceSequence, confidence_sequence
+from .confidence import DEFAULT_CONFIDENCE, ConfidenceSequence, check_futility, confidence_sequence
 from .forward import BaseForward
 
 
@@ -209,6 +209,7 @@ class Smoother:
         seed: int | Sequence[int] = 0,
         growth: float = 4.0,
         confidence: str = DEFAULT_CONFIDENCE,
+        futility: float | None = None,
     ) -> RadiiDecision | list[RadiiDecision]:
         """Decide at several l2 radii at once whether the smoothed classifier is certifiably robust, with few
         samples: the paper's table (certified accuracy at r = 0, 0.25, ...) without fixed n = 100,000.
@@ -233,6 +234,12 @@ class Smoother:
             confidence: "betting" (read after every 128 draws), "bonferroni" (Clopper-Pearson at alpha / K
                 after each of K geometric rounds) or "one_sided" (a test per threshold, every 128 draws);
                 ``confidence.CONFIDENCE_SEQUENCES``.
+            futility: None (the default) samples every image until each threshold is decided or max_n. A level
+                in (0, 1) also gives up on a threshold once certifying it by max_n is out of reach: all draws
+                left cannot make it, or the one-sided (1 - futility) upper bound of p_A is under the share of
+                cA that the test needs at max_n. Giving up never certifies, so the alpha guarantee is
+                untouched; it may lose a True that max_n draws would have given (0.05 measured 10x fewer
+                samples than fixed-n CERTIFY with the same decisions as None, ``benchmarks/sample_efficiency.py``).
 
         Returns:
             A ``RadiiDecision`` for one image; a list of them for a batch.
@@ -241,9 +248,11 @@ class Smoother:
         n0, max_n, alpha, batch_size, sequence = self._sequential_settings(
             n0, max_n, alpha, batch_size, growth, confidence
         )
+        futility = check_futility(futility)
         images, seeds, single = self.prepare(x, seed)
         decisions = sequential.certify_at_radii(
-            self.chunk_counts, self.sigma, images, seeds, radii, n0=n0, batch_size=batch_size, sequence=sequence
+            self.chunk_counts, self.sigma, images, seeds, radii, n0=n0, batch_size=batch_size, sequence=sequence,
+            futility=futility,
         )
         return decisions[0] if single else decisions
 
@@ -259,6 +268,7 @@ class Smoother:
         seed: int | Sequence[int] = 0,
         growth: float = 4.0,
         confidence: str = DEFAULT_CONFIDENCE,
+        futility: float | None = None,
     ) -> RadiusDecision | list[RadiusDecision]:
         """``certify_at_radii`` at one l2 ``radius`` (finite, >= 0, [0, 1] pixel units): ``certified`` is True
         with probability at most alpha when p_A < Phi(radius / sigma) or cA is not the smoothed classifier's
@@ -271,9 +281,11 @@ class Smoother:
         n0, max_n, alpha, batch_size, sequence = self._sequential_settings(
             n0, max_n, alpha, batch_size, growth, confidence
         )
+        futility = check_futility(futility)
         images, seeds, single = self.prepare(x, seed)
         decisions = sequential.certify_at_radius(
-            self.chunk_counts, self.sigma, images, seeds, radius, n0=n0, batch_size=batch_size, sequence=sequence
+            self.chunk_counts, self.sigma, images, seeds, radius, n0=n0, batch_size=batch_size, sequence=sequence,
+            futility=futility,
         )
         return decisions[0] if single else decisions
 
