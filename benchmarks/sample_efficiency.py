@@ -41,10 +41,10 @@ import time
 
 import numpy as np
 import torch
-from scipy.stats import norm
 
 from smoothing_hf import ABSTAIN, ImageClassificationTransform, SmoothedImageClassifier, derive_seed, load_image_dataset
 from smoothing_hf.certification import BOUNDING_SEQUENCES, CONFIDENCE_SEQUENCES
+from smoothing_hf.certification.bounds import radius_threshold
 from smoothing_hf.files import write_json
 
 RADII = (0.0, 0.25, 0.5, 0.75)
@@ -243,7 +243,7 @@ def wald_floor(args, sigma: float, standard: list, reference: np.ndarray, standa
     the standard certified it at (n0 alone where it certified none), capped at n. Refuting a threshold
     costs nothing here (a test may give up at any time), so this floor is below what any rule can reach."""
     shares = np.clip(np.array([c.count for c in standard]) / args.n, 1e-12, 1 - 1e-12)[:, None]
-    thresholds = np.maximum(norm.cdf(np.array(RADII) / sigma), 0.5)[None, :]
+    thresholds = np.array([radius_threshold(r, sigma) for r in RADII])[None, :]
     divergence = shares * np.log(shares / thresholds) + (1 - shares) * np.log((1 - shares) / (1 - thresholds))
     needed = np.where(reference & (shares > thresholds), np.log(1 / args.alpha) / np.maximum(divergence, 1e-300), 0)
     samples = args.n0 + np.minimum(needed, args.n).max(axis=1)

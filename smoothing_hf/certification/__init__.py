@@ -35,7 +35,7 @@ from .smoother import Smoother, eval_mode
 __all__ = [
     "ABSTAIN", "BOUNDING_SEQUENCES", "CONFIDENCE_SEQUENCES", "Certificate", "ConfidenceSequence", "DEFAULT_CONFIDENCE",
     "RadiiDecision", "RadiusDecision", "Smoother", "certificates_from_counts", "check_confidence",
-    "check_futility",     "check_radii_to_test", "clopper_pearson_bounds",
+    "check_futility", "check_radii_to_test", "clopper_pearson_bounds",
     "clopper_pearson_lower", "confidence_sequence", "eval_mode", "largest_certifiable_radius",
     "predictions_from_counts", "radius_from_bound", "sample_schedule",
 ]

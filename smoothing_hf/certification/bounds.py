@@ -25,14 +25,20 @@ def clopper_pearson_lower(successes: np.ndarray, trials: int | np.ndarray, alpha
     return np.where(successes > 0, bound, 0.0)
 
 
+def clopper_pearson_upper(successes: np.ndarray, trials: int | np.ndarray, alpha: float) -> np.ndarray:
+    """One-sided (1 - alpha) Clopper-Pearson upper confidence bound of a binomial proportion; 1.0 where every
+    trial is a success."""
+    successes = np.asarray(successes, dtype=np.float64)
+    trials = np.broadcast_to(np.asarray(trials, dtype=np.float64), successes.shape)
+    with np.errstate(invalid="ignore"):
+        bound = beta.ppf(1 - alpha, successes + 1, trials - successes)
+    return np.where(successes < trials, bound, 1.0)
+
+
 def clopper_pearson_bounds(successes: np.ndarray, trials: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """One-sided (1 - alpha) Clopper-Pearson lower and upper bounds of a binomial proportion, each at level
     alpha (for ``successes`` of ``trials``, arrays of the same shape)."""
-    successes = np.asarray(successes, dtype=np.float64)
-    trials = np.asarray(trials, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        upper = np.where(successes < trials, beta.ppf(1 - alpha, successes + 1, trials - successes), 1.0)
-    return clopper_pearson_lower(successes, trials, alpha), upper
+    return clopper_pearson_lower(successes, trials, alpha), clopper_pearson_upper(successes, trials, alpha)
 
 
 def radius_threshold(radius: float, sigma: float) -> float:

@@ -31,10 +31,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import beta
 
 from ..noise import NOISE_CHUNK_SIZE, Phase, chunk_sizes
-from .bounds import radius_from_bound, radius_threshold
+from .bounds import clopper_pearson_upper, radius_from_bound, radius_threshold
 from .certificates import ABSTAIN, Certificate, RadiiDecision, RadiusDecision
 from .confidence import ConfidenceSequence
 
@@ -116,7 +115,7 @@ def _out_of_reach(
     than ``futility`` allows). Giving up never certifies anything, so it leaves the alpha guarantee whole;
     it only loses a certificate that max_n draws would, against those odds, have given."""
     count_a = np.asarray(count_a, dtype=np.float64)[:, None]
-    upper = np.where(count_a < trials, beta.ppf(1 - futility, count_a + 1, trials - count_a), 1.0)
+    upper = clopper_pearson_upper(count_a, trials, futility)
     return (count_a + (max_n - trials) < needed[None, :]) | (upper * max_n < needed[None, :])
 
 
