@@ -6,10 +6,14 @@ On the same held-out images, the same seeds and the same alpha:
     confidence sequence (betting, bonferroni, one_sided), without a futility level and with each of
     ``--futilities``: certified accuracy at each radius against the standard run's, and the share of
     (image, radius) decisions that agree;
-  - adaptive: ``Smoother.certify(..., tolerance=t)`` with the budget n = 100,000, for each sequence with bounds:
-    certified accuracy at each radius and ACR against the standard run's;
+  - adaptive: ``Smoother.certify(..., tolerance=t)`` with the budget n = 100,000, for each of the adaptive
+    mode's bounds (the sequences with bounds, and the two-stage rule): certified accuracy at each radius and
+    ACR against the standard run's;
   - floor: no run, Wald's bound on the samples any valid sequential test needs to certify what the standard
-    run certified (``wald_floor``), so a target above it cannot be met on these images.
+    run certified (``wald_floor``), so a target above it cannot be met on these images;
+  - adaptive_floor: no run, the samples an adaptive radius would need for a certified-accuracy curve within
+    one image of the standard's at every radius up to the largest of the table, even knowing each image's
+    share in advance (``adaptive_floor``).
 Each image's noise stream is the same in all runs (``derive_seed(seed, idx)``), so the sequential modes draw a
 prefix of the standard run's samples. The images go in groups (``--group``, as the dataset pipeline packs
 them); every variant certifies a group before the next group starts, so a change in machine load between
@@ -43,9 +47,10 @@ import numpy as np
 import torch
 
 from smoothing_hf import ABSTAIN, ImageClassificationTransform, SmoothedImageClassifier, derive_seed, load_image_dataset
-from smoothing_hf.certification import BOUNDING_SEQUENCES, CONFIDENCE_SEQUENCES
-from smoothing_hf.certification.bounds import radius_threshold
+from smoothing_hf.certification import ADAPTIVE_CONFIDENCES, CONFIDENCE_SEQUENCES
+from smoothing_hf.certification.bounds import clopper_pearson_lower, radius_from_bound, radius_threshold
 from smoothing_hf.files import write_json
+from smoothing_hf.noise import NOISE_CHUNK_SIZE
 
 RADII = (0.0, 0.25, 0.5, 0.75)
 
@@ -146,7 +151,7 @@ def main() -> None:
             variants[name] = lambda x, s, c=confidence, f=futility: smoother.certify_at_radii(
                 x, RADII, max_n=args.n, seed=s, confidence=c, futility=f, **common
             )
-    for confidence in BOUNDING_SEQUENCES:  # the adaptive mode reads bounds
+    for confidence in ADAPTIVE_CONFIDENCES:
         for tolerance in args.tolerances:
             variants[f"adaptive/{confidence}/{tolerance:g}"] = lambda x, s, c=confidence, t=tolerance: smoother.certify(
                 x, n=args.n, seed=s, tolerance=t, confidence=c, **common
@@ -201,7 +206,8 @@ def summarize(args, sigma: float, indices: list[int], labels: np.ndarray, answer
 
     results: dict = {"standard": {"n0": args.n0, "n": args.n, "certified_accuracy": standard_accuracy,
                                   "acr": standard_acr, **costs("standard", standard_samples)},
-                     "floor": wald_floor(args, sigma, standard, reference, standard_samples)}
+                     "floor": wald_floor(args, sigma, standard, reference, standard_samples),
+                     "adaptive_floor": adaptive_floor(args, sigma, standard, standard_correct, standard_samples)}
     for name, decisions in answers.items():
         samples = np.array([d.samples for d in decisions])
         if name.startswith("radii/"):
@@ -249,6 +255,43 @@ def wald_floor(args, sigma: float, standard: list, reference: np.ndarray, standa
     samples = args.n0 + np.minimum(needed, args.n).max(axis=1)
     return {"mean_samples": float(samples.mean()), "median_samples": float(np.median(samples)),
             "samples_ratio": float(standard_samples.mean() / samples.mean())}
+
+
+def adaptive_floor(args, sigma: float, standard: list, correct: np.ndarray, standard_samples: np.ndarray) -> dict:
+    """The fewest samples per image with which an adaptive radius keeps the certified-accuracy curve within one
+    image of the standard run's at every radius r in [0, max(RADII)], not only at RADII (an adaptive radius
+    does not know the table's radii; one that does is the radii mode). Generous: each image's radius is the
+    fixed-n Clopper-Pearson radius at its standard share of cA, at any n on the chunk grid, as if the share
+    were known in advance and no sequential correction were paid.
+
+    At most one image may have lost any one radius, so the radius ranges the images lose, (R'_i, R_i] within
+    [0, max(RADII)], must be disjoint (an abstention loses [0, R_i]). A dynamic program over the images in
+    order of standard radius, with the highest radius lost so far as state, finds the cheapest such
+    assignment."""
+    top = max(RADII)
+    shares = np.array([c.count for c in standard]) / args.n
+    radii = np.array([c.radius for c in standard])
+    grid = np.minimum(np.arange(1, -(-args.n // NOISE_CHUNK_SIZE) + 1) * NOISE_CHUNK_SIZE, args.n)
+
+    def cost(i: int, target: float) -> int:
+        """Draws for image i to keep radius >= target (and its class); none where it may abstain (target < 0)."""
+        if target < 0:
+            return 0
+        bound = clopper_pearson_lower(shares[i] * grid, grid, args.alpha)
+        keeps = (radius_from_bound(bound, sigma) >= target - 1e-12) & (bound >= 0.5)
+        return int(grid[keeps.argmax()]) if keeps.any() else args.n
+
+    lost_up_to = {-1.0: 0}  # the highest radius some image has lost (-1: none yet) -> fewest draws so far
+    for i in sorted(np.flatnonzero(correct), key=lambda i: radii[i]):  # correct: named the label, no abstention
+        kept = min(radii[i], top)
+        options: dict[float, int] = {}
+        for frontier, draws in lost_up_to.items():
+            for new_frontier, target in ((frontier, kept), (max(frontier, kept), frontier)):
+                total = draws + cost(i, target)
+                options[new_frontier] = min(options.get(new_frontier, total), total)
+        lost_up_to = options
+    samples = args.n0 + min(lost_up_to.values()) / len(standard)
+    return {"mean_samples": float(samples), "samples_ratio": float(standard_samples.mean() / samples)}
 
 
 def print_report(report: dict) -> None:

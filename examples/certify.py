@@ -34,7 +34,7 @@ from smoothing_hf import (
     certify,
     check_labels,
 )
-from smoothing_hf.certification import BOUNDING_SEQUENCES, CONFIDENCE_SEQUENCES, DEFAULT_CONFIDENCE
+from smoothing_hf.certification import ADAPTIVE_CONFIDENCES, CONFIDENCE_SEQUENCES, DEFAULT_CONFIDENCE
 from smoothing_hf.data import EvaluationDatasetArguments
 from smoothing_hf.hub import update_results
 from smoothing_hf.reporting import DEFAULT_RADII, format_summary
@@ -104,7 +104,8 @@ class CertifyArguments:
     confidence: str | None = field(
         default=None,
         metadata={"help": f"Sequential modes: the confidence sequence, one of {list(CONFIDENCE_SEQUENCES)} "
-                  f"(adaptive: one of {list(BOUNDING_SEQUENCES)}; default {DEFAULT_CONFIDENCE})."},
+                  f"(adaptive: one of {list(ADAPTIVE_CONFIDENCES)}, two_stage the tightest; "
+                  f"default {DEFAULT_CONFIDENCE})."},
     )
     futility: float | None = field(
         default=None,

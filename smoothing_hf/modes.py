@@ -16,6 +16,7 @@ import torch
 
 from .certification import (
     ABSTAIN,
+    TWO_STAGE,
     Smoother,
     certificates_from_counts,
     check_confidence,
@@ -23,6 +24,7 @@ from .certification import (
     check_radii_to_test,
     predictions_from_counts,
 )
+from .certification.two_stage import check_two_stage_budget
 from .checks import check_choice, check_number, check_positive_int, is_number
 from .files import COHEN_COLUMNS
 from .noise import Phase
@@ -206,7 +208,8 @@ def check_mode(
     if "growth" in chosen.takes:
         check_number(growth, "growth", minimum=1, strict_minimum=True)
     if "confidence" in chosen.takes and confidence is not None:
-        check_confidence(confidence, needs_bounds="tolerance" in chosen.takes)
+        if check_confidence(confidence, needs_bounds="tolerance" in chosen.takes) == TWO_STAGE:
+            check_two_stage_budget(max_n, "max_n")
     if "futility" in chosen.takes:
         check_futility(futility)
     if "radii" in chosen.takes:

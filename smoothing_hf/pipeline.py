@@ -104,9 +104,10 @@ def certify(
             (``Smoother.certify_at_radii`` at every one of ``radii`` with up to ``max_n`` estimation samples,
             ``certify.tsv`` with a 0/1 column per radius). ``growth`` and ``confidence`` (the confidence
             sequence, ``smoothing_hf.certification.CONFIDENCE_SEQUENCES``, for "adaptive" one of
-            ``BOUNDING_SEQUENCES``; default ``DEFAULT_CONFIDENCE``) are those of the sequential modes, which
-            split images, not samples, over processes. ``futility`` (fixed_radius and radii modes): give up
-            on a radius once certifying it by max_n is out of reach at that level (``Smoother.certify_at_radii``).
+            ``ADAPTIVE_CONFIDENCES``, the sequences with bounds or the two-stage rule; default
+            ``DEFAULT_CONFIDENCE``) are those of the sequential modes, which split images, not samples, over
+            processes. ``futility`` (fixed_radius and radii modes): give up on a radius once certifying it by
+            max_n is out of reach at that level (``Smoother.certify_at_radii``).
         precision: the forward pass's precision, "fp32", "bf16" or "fp16" (``Smoother``): the certificates are for
             the classifier evaluated so; recorded in ``settings.json`` and checked on resume.
         channels_last, compile: how the forward pass runs (``Smoother``); like the batch size, not recorded.

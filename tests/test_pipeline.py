@@ -201,6 +201,11 @@ def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_pa
         ({"mode": "radii", "max_n": 500, "radii": [float("nan")]}, r"`radii\[0\]` must be a finite number >= 0"),
         ({"mode": "radii", "max_n": 500, "confidence": "wald"}, "`confidence` must be one of"),
         ({"mode": "radii", "max_n": 500, "futility": 1.0}, "`futility` must be"),
+        ({"mode": "radii", "max_n": 500, "confidence": "two_stage"}, "the adaptive mode's two-stage radius"),
+        ({"mode": "adaptive", "max_n": 100, "tolerance": 0.1, "confidence": "two_stage"},
+         r"`max_n` must be > 128 for confidence='two_stage'"),
+        ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "confidence": "one_sided"},
+         "decides radius thresholds only"),
         ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "futility": 0.05},
          r"\['futility'\] apply to mode 'fixed_radius' or 'radii' only"),
         ({"mode": "radii", "max_n": 500, "sample_parallel": True}, "splits images over processes"),
@@ -224,6 +229,7 @@ def test_bad_arguments_are_refused_before_anything_is_written(model, dataset, tm
 @pytest.mark.parametrize(
     "mode, option",
     [("fixed_radius", {"radius": 0.05}), ("adaptive", {"tolerance": 0.05}),
+     ("adaptive", {"tolerance": 0.05, "confidence": "two_stage"}),
      ("radii", {"radii": [0.05, 0.0, 0.02]}), ("radii", {"radii": [0.02], "confidence": "bonferroni"}),
      ("radii", {"radii": [0.0, 0.02], "confidence": "one_sided", "futility": 0.1})],
 )
@@ -257,7 +263,9 @@ def test_sequential_modes_give_the_smoothers_answers_whatever_the_batch_size(mod
         assert list(rows[0]) == ["idx", "label", "predict", "radius", "correct",
                                  *(f"certified_{r:g}" for r in radii), "samples", "pixel_digest"]
     else:
-        answers = smoother.certify(pixels, n0=10, n=700, alpha=0.01, batch_size=256, seed=seeds, tolerance=0.05)
+        answers = smoother.certify(pixels, n0=10, n=700, alpha=0.01, batch_size=256, seed=seeds, tolerance=0.05,
+                                   confidence=option.get("confidence", DEFAULT_CONFIDENCE))
+        assert summary["settings"]["confidence"] == option.get("confidence", DEFAULT_CONFIDENCE)
         expected = [(c.prediction, c.radius, c.samples) for c in answers]
     assert [(r["predict"], r["radius"], r["samples"]) for r in rows] == expected
     samples = [r["samples"] for r in rows]

@@ -287,7 +287,7 @@ def test_radii_bad_input(linear_boundary):
     with pytest.raises(ValueError, match="`confidence` must be one of"):
         smoother.certify(image, n0=10, n=100, alpha=0.01, batch_size=10, confidence="wald")
     # The one-sided tests decide thresholds; the adaptive mode needs bounds.
-    message = r"`confidence`='one_sided' decides radius thresholds only, .* use one of \['betting', 'bonferroni'\]"
+    message = r"`confidence`='one_sided' decides radius thresholds only, .* \['betting', 'bonferroni', 'two_stage'\]"
     with pytest.raises(ValueError, match=message):
         smoother.certify(image, n0=10, n=100, alpha=0.01, batch_size=10, tolerance=0.1, confidence="one_sided")
     with pytest.raises(ValueError, match=message):

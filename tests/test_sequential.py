@@ -9,10 +9,11 @@ from scipy.stats import binom, norm
 
 from smoothing_hf import ABSTAIN, Smoother, clopper_pearson_lower
 from smoothing_hf.certification import (
-    BOUNDING_SEQUENCES,
+    ADAPTIVE_CONFIDENCES,
     CONFIDENCE_SEQUENCES,
     clopper_pearson_bounds,
     largest_certifiable_radius,
+    pilot_size,
     sample_schedule,
 )
 from smoothing_hf.noise import NOISE_CHUNK_SIZE
@@ -115,7 +116,7 @@ def test_all_rounds_draw_the_noise_of_fixed_n_certification(linear_boundary, con
     assert adaptive.count == fixed.count and adaptive.selection_count == fixed.selection_count
 
 
-@pytest.mark.parametrize("confidence", BOUNDING_SEQUENCES)
+@pytest.mark.parametrize("confidence", ADAPTIVE_CONFIDENCES)
 def test_adaptive_radius_is_sound_on_the_linear_classifier(linear_boundary, confidence):
     """The adaptive certificate may exceed the true radius |d| (or name the wrong class) only with
     probability alpha per point, whatever round it stopped at."""
@@ -151,7 +152,7 @@ def test_adaptive_stops_early_when_more_samples_would_not_pay(linear_boundary):
     assert fine[0].samples < 10_000 and fine[0].prediction == 1 and 0 < fine[0].radius <= 0.1
 
 
-@pytest.mark.parametrize("confidence", BOUNDING_SEQUENCES)
+@pytest.mark.parametrize("confidence", ADAPTIVE_CONFIDENCES)
 def test_adaptive_does_not_abstain_for_a_small_gain_where_the_budget_establishes_the_class(
     linear_boundary, confidence
 ):
@@ -168,12 +169,42 @@ def test_adaptive_does_not_abstain_for_a_small_gain_where_the_budget_establishes
     assert all(0 < c.radius < 0.02 for c in adaptive)
 
 
-@pytest.mark.parametrize("confidence", BOUNDING_SEQUENCES)
+@pytest.mark.parametrize("confidence", ADAPTIVE_CONFIDENCES)
 def test_adaptive_certificates_do_not_depend_on_batch_size(linear_boundary, confidence):
     smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
     images = images_at(linear_boundary, np.linspace(-0.5, 0.5, 7))
     kwargs = dict(n0=50, n=5000, alpha=0.01, seed=9, tolerance=0.02, confidence=confidence)
     assert smoother.certify(images, batch_size=64, **kwargs) == smoother.certify(images, batch_size=5000, **kwargs)
+
+
+def test_two_stage_bound_is_clopper_pearson_at_the_whole_alpha_on_draws_the_pilot_never_saw(linear_boundary):
+    """Near the boundary (p_A = Phi(1.2) = 0.885) a tolerance of 0.02 needs a few thousand draws: the pilot
+    picks them, and pA_lower is the exact bound of cA's count among them alone, at alpha itself (no union
+    bound, no mixture), so the radius is within about the tolerance of fixed-n CERTIFY's at the whole budget."""
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    images = images_at(linear_boundary, [0.3, -0.3])
+    n0, n, alpha = 100, 100_000, 0.001
+    kwargs = dict(n0=n0, n=n, alpha=alpha, batch_size=4096, seed=6)
+    fixed = smoother.certify(images, **kwargs)
+    two_stage = smoother.certify(images, tolerance=0.02, confidence="two_stage", **kwargs)
+    assert pilot_size(n) == 512
+    for staged, full in zip(two_stage, fixed):
+        fresh = staged.samples - n0 - pilot_size(n)
+        assert 0 < fresh < 10_000 and fresh % NOISE_CHUNK_SIZE == 0
+        assert staged.pa_lower == pytest.approx(float(clopper_pearson_lower(staged.count, fresh, alpha)), rel=1e-12)
+        assert staged.prediction == full.prediction and staged.selection_count == full.selection_count
+        assert full.radius - 0.04 < staged.radius <= 0.3
+
+
+def test_two_stage_draws_the_chunks_of_the_fixed_n_stream(linear_boundary):
+    """With every draw on cA (far from the boundary) the radius grows with n to the end, so a tolerance far
+    below that growth takes all n - pilot draws left: the same chunks fixed-n CERTIFY counts, minus the pilot's."""
+    smoother = Smoother(linear_boundary, num_classes=2, sigma=SIGMA)
+    image = linear_boundary.image_at(1.8)
+    kwargs = dict(n0=100, n=3000, alpha=0.001, batch_size=512, seed=5)
+    staged = smoother.certify(image, tolerance=1e-9, confidence="two_stage", **kwargs)
+    assert staged.samples == 100 + 3000 and staged.count == 3000 - pilot_size(3000)
+    assert staged.radius == pytest.approx(SIGMA * norm.ppf(0.001 ** (1 / (3000 - 128))))
 
 
 def test_sequential_bad_input(linear_boundary):
@@ -189,6 +220,12 @@ def test_sequential_bad_input(linear_boundary):
     for radius in (float("inf"), float("nan")):  # no finite sample certifies an infinite radius
         with pytest.raises(ValueError, match="`radius` must be a finite number >= 0"):
             smoother.certify_at_radius(image, radius, n0=10, max_n=100, alpha=0.01, batch_size=10)
+    with pytest.raises(ValueError, match="`n` must be > 128 for confidence='two_stage'"):
+        smoother.certify(image, n0=10, n=128, alpha=0.01, batch_size=10, tolerance=0.1, confidence="two_stage")
+    with pytest.raises(ValueError, match="the adaptive mode's two-stage radius"):
+        smoother.certify_at_radii(image, [0.1], n0=10, max_n=500, alpha=0.01, batch_size=10, confidence="two_stage")
+    with pytest.raises(ValueError, match="decides radius thresholds only"):
+        smoother.certify(image, n0=10, n=500, alpha=0.01, batch_size=10, tolerance=0.1, confidence="one_sided")
     for tolerance in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="`tolerance` must be"):
             smoother.certify(image, n0=10, n=100, alpha=0.01, batch_size=10, tolerance=tolerance)

@@ -49,6 +49,10 @@ CONFIDENCE_SEQUENCES = ("betting", "bonferroni", "one_sided")
 """The names ``confidence_sequence`` takes."""
 BOUNDING_SEQUENCES = ("betting", "bonferroni")
 """The sequences that give bounds of p_A, which the adaptive mode reads; "one_sided" decides thresholds only."""
+TWO_STAGE = "two_stage"
+"""Not a sequence: the adaptive mode's two-stage rule (``two_stage.py``), a pilot choosing n for a fixed-n bound."""
+ADAPTIVE_CONFIDENCES = (*BOUNDING_SEQUENCES, TWO_STAGE)
+"""The names the adaptive mode's ``confidence`` takes."""
 DEFAULT_CONFIDENCE = "bonferroni"
 """The sequential modes' default, chosen by measurement (``benchmarks/sample_efficiency.py``, 100 digits against
 CERTIFY at n = 100,000): in radii mode it decided 99.75% of (image, radius) pairs as the standard run did
@@ -142,12 +146,15 @@ def _log_one_sided_wealth(successes: np.ndarray, trials: float, p0: np.ndarray, 
 
 
 def check_confidence(name: str, needs_bounds: bool = False) -> str:
-    """``name`` if it is one of ``CONFIDENCE_SEQUENCES``, and of ``BOUNDING_SEQUENCES`` where the caller (the
-    adaptive mode) ``needs_bounds``."""
-    name = check_choice(name, "confidence", CONFIDENCE_SEQUENCES)
-    if needs_bounds and name not in BOUNDING_SEQUENCES:
+    """``name`` if it is one of ``CONFIDENCE_SEQUENCES`` (the threshold modes), or of ``ADAPTIVE_CONFIDENCES``
+    where the caller (the adaptive mode) ``needs_bounds``."""
+    name = check_choice(name, "confidence", (*CONFIDENCE_SEQUENCES, TWO_STAGE))
+    if needs_bounds and name not in ADAPTIVE_CONFIDENCES:
         raise ValueError(f"`confidence`={name!r} decides radius thresholds only, and the adaptive mode (`tolerance`) "
-                         f"reads bounds of p_A: use one of {list(BOUNDING_SEQUENCES)}")
+                         f"reads bounds of p_A: use one of {list(ADAPTIVE_CONFIDENCES)}")
+    if not needs_bounds and name not in CONFIDENCE_SEQUENCES:
+        raise ValueError(f"`confidence`={name!r} is the adaptive mode's two-stage radius; the modes that test radii "
+                         f"take a confidence sequence, one of {list(CONFIDENCE_SEQUENCES)}")
     return name
 
 
@@ -165,6 +172,8 @@ def confidence_sequence(
     at level ``alpha`` for up to ``max_n`` draws: bonferroni looks at ``sample_schedule(max_n, growth=growth)``;
     betting and one_sided after every chunk of 128 draws."""
     name = check_confidence(name, needs_bounds)
+    if name == TWO_STAGE:
+        raise ValueError(f"{TWO_STAGE!r} is a rule of the adaptive mode (``two_stage.py``), not a confidence sequence")
     alpha, max_n = check_alpha(alpha), check_positive_int(max_n, "max_n")
     growth = check_number(growth, "growth", minimum=1, strict_minimum=True)
     if name == "bonferroni":

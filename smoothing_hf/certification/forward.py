@@ -8,7 +8,8 @@ refuses to resume with another).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -16,6 +17,20 @@ from ..checks import check_choice
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Forward-pass precisions by name: float32, or autocast to bfloat16 / float16."""
+
+
+@contextlib.contextmanager
+def eval_mode(module: object) -> Iterator[None]:
+    """Put an ``nn.Module`` in eval mode (no dropout: f must be deterministic) and restore its mode after."""
+    if not isinstance(module, torch.nn.Module):
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 class BaseForward:

@@ -12,10 +12,9 @@ The sample-efficient modes (one radius, several radii, an adaptive radius) are i
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,22 +30,16 @@ from .certificates import (
     check_radii_to_test,
     predictions_from_counts,
 )
-from .confidence import DEFAULT_CONFIDENCE, ConfidenceSequence, check_futility, confidence_sequence
-from .forward import BaseForward
-
-
-@contextlib.contextmanager
-def eval_mode(module: object) -> Iterator[None]:
-    """Put an ``nn.Module`` in eval mode (no dropout: f must be deterministic) and restore its mode after."""
-    if not isinstance(module, torch.nn.Module):
-        yield
-        return
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
+from .confidence import (
+    DEFAULT_CONFIDENCE,
+    TWO_STAGE,
+    ConfidenceSequence,
+    check_confidence,
+    check_futility,
+    confidence_sequence,
+)
+from .forward import BaseForward, eval_mode
+from .two_stage import certify_two_stage, check_two_stage_budget
 
 
 class Smoother:
@@ -166,24 +159,32 @@ class Smoother:
                 guarantee is the same; ``Certificate.samples`` counts the draws made.
             growth: how far ahead the adaptive stopping rule looks (and, for "bonferroni", the factor between
                 its round sizes; finite, > 1).
-            confidence: the adaptive mode's confidence sequence, "betting" or "bonferroni"
-                (``confidence.BOUNDING_SEQUENCES``); fixed n always uses the exact Clopper-Pearson bound.
+            confidence: the adaptive mode's bound: a confidence sequence, "betting" or "bonferroni", or
+                "two_stage" (a pilot chooses each image's n, then fixed-n Clopper-Pearson on fresh draws:
+                ``two_stage.py``); ``confidence.ADAPTIVE_CONFIDENCES``. Fixed n always uses Clopper-Pearson.
 
         Returns:
             A ``Certificate`` for one image; a list of them for a batch.
         """
         n0, n = check_positive_int(n0, "n0"), check_positive_int(n, "n")
         alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
-        sequence = confidence_sequence(confidence, alpha, n, growth, needs_bounds=True)  # checked even where unused
+        confidence = check_confidence(confidence, needs_bounds=True)  # checked even where unused, as is growth
+        growth = check_number(growth, "growth", minimum=1, strict_minimum=True)
         if tolerance is not None:
             tolerance = check_number(
                 tolerance, "tolerance", minimum=0, strict_minimum=True, unit="a radius: l2, pixels in [0, 1]"
             )
+            if confidence == TWO_STAGE:
+                check_two_stage_budget(n)
         images, seeds, single = self.prepare(x, seed)
         if tolerance is not None:
-            certificates = sequential.certify_adaptive(
-                self.chunk_counts, self.sigma, images, seeds, n0=n0, batch_size=batch_size,
-                tolerance=tolerance, sequence=sequence,
+            common = dict(n0=n0, batch_size=batch_size, tolerance=tolerance)
+            certificates = (
+                certify_two_stage(self.chunk_counts, self.sigma, images, seeds, n=n, alpha=alpha, **common)
+                if confidence == TWO_STAGE else sequential.certify_adaptive(
+                    self.chunk_counts, self.sigma, images, seeds,
+                    sequence=confidence_sequence(confidence, alpha, n, growth, needs_bounds=True), **common,
+                )
             )
             return certificates[0] if single else certificates
         if n <= math.log2(1 / alpha):
