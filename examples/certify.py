@@ -34,7 +34,12 @@ from smoothing_hf import (
     certify,
     check_labels,
 )
-from smoothing_hf.certification import ADAPTIVE_CONFIDENCES, CONFIDENCE_SEQUENCES, DEFAULT_CONFIDENCE
+from smoothing_hf.certification import (
+    ADAPTIVE_CONFIDENCES,
+    CONFIDENCE_SEQUENCES,
+    DEFAULT_ADAPTIVE_CONFIDENCE,
+    DEFAULT_CONFIDENCE,
+)
 from smoothing_hf.data import EvaluationDatasetArguments
 from smoothing_hf.hub import update_results
 from smoothing_hf.reporting import DEFAULT_RADII, format_summary
@@ -105,7 +110,7 @@ class CertifyArguments:
         default=None,
         metadata={"help": f"Sequential modes: the confidence sequence, one of {list(CONFIDENCE_SEQUENCES)} "
                   f"(adaptive: one of {list(ADAPTIVE_CONFIDENCES)}, two_stage the tightest; "
-                  f"default {DEFAULT_CONFIDENCE})."},
+                  f"default {DEFAULT_ADAPTIVE_CONFIDENCE}; others: default {DEFAULT_CONFIDENCE})."},
     )
     futility: float | None = field(
         default=None,

@@ -16,6 +16,8 @@ import torch
 
 from .certification import (
     ABSTAIN,
+    DEFAULT_ADAPTIVE_CONFIDENCE,
+    DEFAULT_CONFIDENCE,
     TWO_STAGE,
     Smoother,
     certificates_from_counts,
@@ -165,6 +167,12 @@ sequential modes (no ``phases``) decide after each round of samples, so they spl
 processes."""
 
 
+def default_confidence(mode: Mode) -> str:
+    """The bound a sequential ``mode`` uses where none is given: the two-stage rule for the adaptive radius, a
+    confidence sequence for the modes that test radii."""
+    return DEFAULT_ADAPTIVE_CONFIDENCE if "tolerance" in mode.takes else DEFAULT_CONFIDENCE
+
+
 def check_mode(
     mode: str,
     n0: int,
@@ -207,7 +215,8 @@ def check_mode(
         raise ValueError(f"mode={mode!r} needs `tolerance`, a radius > 0 (l2, pixels in [0, 1]); got {tolerance!r}")
     if "growth" in chosen.takes:
         check_number(growth, "growth", minimum=1, strict_minimum=True)
-    if "confidence" in chosen.takes and confidence is not None:
+    if "confidence" in chosen.takes:
+        confidence = default_confidence(chosen) if confidence is None else confidence
         if check_confidence(confidence, needs_bounds="tolerance" in chosen.takes) == TWO_STAGE:
             check_two_stage_budget(max_n, "max_n")
     if "futility" in chosen.takes:

@@ -29,7 +29,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, reduce
 from tqdm.auto import tqdm
 
-from .certification import ABSTAIN, DEFAULT_CONFIDENCE, Smoother, check_radii_to_test
+from .certification import ABSTAIN, Smoother, check_radii_to_test
 from .certification.forward import PRECISIONS
 from .checks import (
     check_alpha,
@@ -41,7 +41,7 @@ from .checks import (
 from .data import labelled_batch
 from .files import appending_rows, read_json, read_rows, write_json, write_rows
 from .modeling import SmoothedImageClassifier
-from .modes import MODES, Mode, check_mode
+from .modes import MODES, Mode, check_mode, default_confidence
 from .noise import chunk_sizes, derive_seed
 from .reporting import DEFAULT_RADII, plot_certified_accuracy
 from .run_folder import SETTINGS_NAME, done_rows, pixel_digest, read_settings, record_settings
@@ -102,11 +102,11 @@ def certify(
             ``max_n`` estimation samples, ``certify.tsv``), "adaptive" (``Smoother.certify`` with
             ``tolerance``, up to ``max_n`` estimation samples, ``certify.tsv``) or "radii"
             (``Smoother.certify_at_radii`` at every one of ``radii`` with up to ``max_n`` estimation samples,
-            ``certify.tsv`` with a 0/1 column per radius). ``growth`` and ``confidence`` (the confidence
-            sequence, ``smoothing_hf.certification.CONFIDENCE_SEQUENCES``, for "adaptive" one of
-            ``ADAPTIVE_CONFIDENCES``, the sequences with bounds or the two-stage rule; default
-            ``DEFAULT_CONFIDENCE``) are those of the sequential modes, which split images, not samples, over
-            processes. ``futility`` (fixed_radius and radii modes): give up on a radius once certifying it by
+            ``certify.tsv`` with a 0/1 column per radius). ``growth`` and ``confidence`` (the confidence sequence,
+            ``smoothing_hf.certification.CONFIDENCE_SEQUENCES``, for "adaptive" one of ``ADAPTIVE_CONFIDENCES``, the
+            sequences with bounds or the two-stage rule; default ``DEFAULT_CONFIDENCE``, for "adaptive"
+            ``DEFAULT_ADAPTIVE_CONFIDENCE``) are those of the sequential modes, which split images, not samples,
+            over processes. ``futility`` (fixed_radius and radii modes): give up on a radius once certifying it by
             max_n is out of reach at that level (``Smoother.certify_at_radii``).
         precision: the forward pass's precision, "fp32", "bf16" or "fp16" (``Smoother``): the certificates are for
             the classifier evaluated so; recorded in ``settings.json`` and checked on resume.
@@ -130,7 +130,7 @@ def certify(
             raise TypeError(f"`{name}` must be a str or None, got {type(value).__name__}")
     state = PartialState(cpu=not torch.cuda.is_available())
     given = {"n0": n0, "n": n, "radius": radius, "radii": check_radii_to_test(radii), "max_n": max_n,
-             "tolerance": tolerance, "growth": growth, "confidence": confidence or DEFAULT_CONFIDENCE,
+             "tolerance": tolerance, "growth": growth, "confidence": confidence or default_confidence(chosen),
              "futility": futility}
     settings = {
         "mode": mode,

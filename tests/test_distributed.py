@@ -51,15 +51,16 @@ def without_time(path):
 
 
 ADAPTIVE = ["--mode", "adaptive", "--max_n", "600", "--tolerance", "0.05"]
-TWO_STAGE = [*ADAPTIVE, "--confidence", "two_stage"]
+ADAPTIVE_BONFERRONI = [*ADAPTIVE, "--confidence", "bonferroni"]  # the default is the two-stage rule
 RADII = ["--mode", "radii", "--max_n", "600", "--radii", "0", "0.02", "0.05"]
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed beside this Python")
 @pytest.mark.parametrize(
     "options, parallel_options",
-    [([], []), ([], ["--sample_parallel", "true"]), (ADAPTIVE, ADAPTIVE), (TWO_STAGE, TWO_STAGE), (RADII, RADII)],
-    ids=["example-parallel", "sample-parallel", "adaptive", "two-stage", "radii"],
+    [([], []), ([], ["--sample_parallel", "true"]), (ADAPTIVE, ADAPTIVE), (ADAPTIVE_BONFERRONI, ADAPTIVE_BONFERRONI),
+     (RADII, RADII)],
+    ids=["example-parallel", "sample-parallel", "adaptive", "adaptive-bonferroni", "radii"],
 )
 def test_two_processes_give_the_single_process_rows(tiny_vit_gray_dir, tmp_path, options, parallel_options):
     run_certify(tmp_path / "one", tiny_vit_gray_dir, 1, *options)

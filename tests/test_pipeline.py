@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from smoothing_hf import SmoothedImageClassifier, derive_seed
-from smoothing_hf.certification import DEFAULT_CONFIDENCE
+from smoothing_hf.certification import DEFAULT_ADAPTIVE_CONFIDENCE, DEFAULT_CONFIDENCE
 from smoothing_hf.files import read_rows
 from smoothing_hf.pipeline import certify, merge_shards
 
@@ -229,7 +229,7 @@ def test_bad_arguments_are_refused_before_anything_is_written(model, dataset, tm
 @pytest.mark.parametrize(
     "mode, option",
     [("fixed_radius", {"radius": 0.05}), ("adaptive", {"tolerance": 0.05}),
-     ("adaptive", {"tolerance": 0.05, "confidence": "two_stage"}),
+     ("adaptive", {"tolerance": 0.05, "confidence": "bonferroni"}),
      ("radii", {"radii": [0.05, 0.0, 0.02]}), ("radii", {"radii": [0.02], "confidence": "bonferroni"}),
      ("radii", {"radii": [0.0, 0.02], "confidence": "one_sided", "futility": 0.1})],
 )
@@ -264,8 +264,8 @@ def test_sequential_modes_give_the_smoothers_answers_whatever_the_batch_size(mod
                                  *(f"certified_{r:g}" for r in radii), "samples", "pixel_digest"]
     else:
         answers = smoother.certify(pixels, n0=10, n=700, alpha=0.01, batch_size=256, seed=seeds, tolerance=0.05,
-                                   confidence=option.get("confidence", DEFAULT_CONFIDENCE))
-        assert summary["settings"]["confidence"] == option.get("confidence", DEFAULT_CONFIDENCE)
+                                   confidence=option.get("confidence", DEFAULT_ADAPTIVE_CONFIDENCE))
+        assert summary["settings"]["confidence"] == option.get("confidence", DEFAULT_ADAPTIVE_CONFIDENCE)
         expected = [(c.prediction, c.radius, c.samples) for c in answers]
     assert [(r["predict"], r["radius"], r["samples"]) for r in rows] == expected
     samples = [r["samples"] for r in rows]

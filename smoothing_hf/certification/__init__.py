@@ -25,6 +25,7 @@ from .confidence import (
     ADAPTIVE_CONFIDENCES,
     BOUNDING_SEQUENCES,
     CONFIDENCE_SEQUENCES,
+    DEFAULT_ADAPTIVE_CONFIDENCE,
     DEFAULT_CONFIDENCE,
     TWO_STAGE,
     ConfidenceSequence,
@@ -39,8 +40,8 @@ from .two_stage import pilot_size
 
 __all__ = [
     "ABSTAIN", "ADAPTIVE_CONFIDENCES", "BOUNDING_SEQUENCES", "CONFIDENCE_SEQUENCES", "Certificate",
-    "ConfidenceSequence", "DEFAULT_CONFIDENCE", "RadiiDecision", "RadiusDecision", "Smoother", "TWO_STAGE",
-    "certificates_from_counts", "check_confidence", "check_futility", "check_radii_to_test",
-    "clopper_pearson_bounds", "clopper_pearson_lower", "confidence_sequence", "eval_mode",
+    "ConfidenceSequence", "DEFAULT_ADAPTIVE_CONFIDENCE", "DEFAULT_CONFIDENCE", "RadiiDecision", "RadiusDecision",
+    "Smoother", "TWO_STAGE", "certificates_from_counts", "check_confidence", "check_futility",
+    "check_radii_to_test", "clopper_pearson_bounds", "clopper_pearson_lower", "confidence_sequence", "eval_mode",
     "largest_certifiable_radius", "pilot_size", "predictions_from_counts", "radius_from_bound", "sample_schedule",
 ]

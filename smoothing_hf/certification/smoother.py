@@ -31,6 +31,7 @@ from .certificates import (
     predictions_from_counts,
 )
 from .confidence import (
+    DEFAULT_ADAPTIVE_CONFIDENCE,
     DEFAULT_CONFIDENCE,
     TWO_STAGE,
     ConfidenceSequence,
@@ -135,7 +136,7 @@ class Smoother:
         *,
         tolerance: float | None = None,
         growth: float = 4.0,
-        confidence: str = DEFAULT_CONFIDENCE,
+        confidence: str = DEFAULT_ADAPTIVE_CONFIDENCE,
     ) -> Certificate | list[Certificate]:
         """Cohen's CERTIFY: a class and an l2 radius within which the smoothed classifier is constant.
 
@@ -161,7 +162,8 @@ class Smoother:
                 its round sizes; finite, > 1).
             confidence: the adaptive mode's bound: a confidence sequence, "betting" or "bonferroni", or
                 "two_stage" (a pilot chooses each image's n, then fixed-n Clopper-Pearson on fresh draws:
-                ``two_stage.py``); ``confidence.ADAPTIVE_CONFIDENCES``. Fixed n always uses Clopper-Pearson.
+                ``two_stage.py``, the default); ``confidence.ADAPTIVE_CONFIDENCES``. Fixed n always uses
+                Clopper-Pearson.
 
         Returns:
             A ``Certificate`` for one image; a list of them for a batch.
