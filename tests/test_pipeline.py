@@ -204,6 +204,7 @@ def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_pa
         ({"mode": "radii", "max_n": 500, "confidence": "two_stage"}, "the adaptive mode's two-stage radius"),
         ({"mode": "adaptive", "max_n": 100, "tolerance": 0.1, "confidence": "two_stage"},
          r"`max_n` must be > 128 for confidence='two_stage'"),
+        ({"mode": "adaptive", "max_n": 100, "tolerance": 0.1}, r"`max_n` must be > 128 for confidence='two_stage'"),
         ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "confidence": "one_sided"},
          "decides radius thresholds only"),
         ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "futility": 0.05},
