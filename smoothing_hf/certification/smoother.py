@@ -160,10 +160,8 @@ class Smoother:
                 guarantee is the same; ``Certificate.samples`` counts the draws made.
             growth: how far ahead the adaptive stopping rule looks (and, for "bonferroni", the factor between
                 its round sizes; finite, > 1).
-            confidence: the adaptive mode's bound: a confidence sequence, "betting" or "bonferroni", or
-                "two_stage" (a pilot chooses each image's n, then fixed-n Clopper-Pearson on fresh draws:
-                ``two_stage.py``, the default); ``confidence.ADAPTIVE_CONFIDENCES``. Fixed n always uses
-                Clopper-Pearson.
+            confidence: the adaptive mode's bound (``ADAPTIVE_CONFIDENCES``): "two_stage", the default (a pilot
+                picks each image's n, then Clopper-Pearson on fresh draws), or a sequence, "betting" or "bonferroni".
 
         Returns:
             A ``Certificate`` for one image; a list of them for a batch.
