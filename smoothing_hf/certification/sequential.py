@@ -172,10 +172,7 @@ def estimate_sequentially(
     max_n, last = sequence.checkpoints[-1], len(sequence.checkpoints) - 1
     num_chunks = len(chunk_sizes(max_n))
     checkpoint_chunks = [len(chunk_sizes(c)) for c in sequence.checkpoints]  # chunks drawn at each checkpoint
-    selection_chunks = [range(len(chunk_sizes(n0)))] * len(images)
-    selection_counts = sample_chunks(images, seeds, Phase.SELECTION, n0, batch_size, selection_chunks)
-    selection = np.stack([counts.sum(axis=0) for counts in selection_counts])
-    top = selection.argmax(axis=1)
+    top, selection = select_top_class(sample_chunks, images, seeds, n0, batch_size)
     hits = [np.zeros(1, dtype=np.int64) for _ in images]  # top-class count after 0, 1, 2, ... estimation chunks
     level = np.zeros(len(images), dtype=np.int64)  # index of each image's next checkpoint
     counts = np.zeros(len(images), dtype=np.int64)
@@ -207,6 +204,16 @@ def estimate_sequentially(
             readable -= decided
             active = [i for i in active if i not in decided]
     return top, selection[np.arange(len(images)), top], counts, used
+
+
+def select_top_class(
+    sample_chunks: ChunkSampler, images: torch.Tensor, seeds: Sequence[int], n0: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """CERTIFY's selection: the top class cA [B] among each image's n0 selection draws, and all class counts
+    [B, K] of those draws."""
+    counts = sample_chunks(images, seeds, Phase.SELECTION, n0, batch_size, [range(len(chunk_sizes(n0)))] * len(images))
+    selection = np.stack([c.sum(axis=0) for c in counts])
+    return selection.argmax(axis=1), selection
 
 
 def _fill_batches(due: list[int], left: list[int], batch_size: int) -> list[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -178,13 +179,12 @@ class Smoother:
                 check_two_stage_budget(n)
         images, seeds, single = self.prepare(x, seed)
         if tolerance is not None:
-            common = dict(n0=n0, batch_size=batch_size, tolerance=tolerance)
-            certificates = (
-                certify_two_stage(self.chunk_counts, self.sigma, images, seeds, n=n, alpha=alpha, **common)
-                if confidence == TWO_STAGE else sequential.certify_adaptive(
-                    self.chunk_counts, self.sigma, images, seeds,
-                    sequence=confidence_sequence(confidence, alpha, n, growth, needs_bounds=True), **common,
-                )
+            if confidence == TWO_STAGE:
+                rule = partial(certify_two_stage, n=n, alpha=alpha)
+            else:
+                rule = partial(sequential.certify_adaptive, sequence=confidence_sequence(confidence, alpha, n, growth))
+            certificates = rule(
+                self.chunk_counts, self.sigma, images, seeds, n0=n0, batch_size=batch_size, tolerance=tolerance
             )
             return certificates[0] if single else certificates
         if n <= math.log2(1 / alpha):

@@ -31,7 +31,7 @@ from ..noise import NOISE_CHUNK_SIZE, Phase, chunk_sizes
 from .bounds import clopper_pearson_lower, radius_from_bound
 from .certificates import ABSTAIN, Certificate
 from .confidence import TWO_STAGE
-from .sequential import ChunkSampler
+from .sequential import ChunkSampler, select_top_class
 
 PILOT_SHARE = 0.005
 """The share of the budget n the pilot draws: 512 of n = 100,000 (on the benchmark, pilots of 128 to 1,024 draws
@@ -61,30 +61,27 @@ def certify_two_stage(
     sample_chunks: ChunkSampler, sigma: float, images: torch.Tensor, seeds: Sequence[int], *,
     n0: int, n: int, alpha: float, batch_size: int, tolerance: float,
 ) -> list[Certificate]:
-    """``Smoother.certify(..., tolerance=t, confidence="two_stage")`` on checked inputs (the module docstring).
+    """``Smoother.certify(..., tolerance=t, confidence="two_stage")`` on checked inputs (the module docstring;
+    ``check_two_stage_budget`` passed).
     ``Certificate.count`` is cA's count among the fresh draws; ``samples`` is n0 + pilot + fresh draws. The
     draws are chunks of each image's estimation stream of length n, so they depend neither on the other images
     nor on the batch size."""
-    check_two_stage_budget(n)
     everyone = len(images)
-    selection = np.stack([c.sum(axis=0) for c in sample_chunks(
-        images, seeds, Phase.SELECTION, n0, batch_size, [range(len(chunk_sizes(n0)))] * everyone
-    )])
-    top = selection.argmax(axis=1)
-    pilot_chunks = pilot_size(n) // NOISE_CHUNK_SIZE
-    pilot = np.stack([c.sum(axis=0) for c in sample_chunks(
+    top, selection = select_top_class(sample_chunks, images, seeds, n0, batch_size)
+    pilot_draws = pilot_size(n)
+    pilot_chunks = pilot_draws // NOISE_CHUNK_SIZE
+    pilot = np.array([c[:, top[i]].sum() for i, c in enumerate(sample_chunks(
         images, seeds, Phase.ESTIMATION, n, batch_size, [range(pilot_chunks)] * everyone
-    )])[np.arange(everyone), top]
-    share = (pilot + 0.5) / (pilot_chunks * NOISE_CHUNK_SIZE + 1)
-    cautious = clopper_pearson_lower(pilot, pilot_chunks * NOISE_CHUNK_SIZE, CAUTION)
-    sizes = np.cumsum(chunk_sizes(n)[pilot_chunks:])[None, :]  # fresh draws after each further chunk
-    predicted = clopper_pearson_lower(share[:, None] * sizes, sizes, alpha)  # [B, sizes]
+    ))])
+    share = (pilot + 0.5) / (pilot_draws + 1)
+    cautious = clopper_pearson_lower(pilot, pilot_draws, CAUTION)
+    sizes = np.cumsum(chunk_sizes(n)[pilot_chunks:])  # fresh draws after each further chunk
+    predicted = clopper_pearson_lower(share[:, None] * sizes, sizes[None, :], alpha)  # [B, sizes]
     radii = radius_from_bound(predicted, sigma)
-    names_class = clopper_pearson_lower(cautious[:, None] * sizes, sizes, alpha) >= 0.5
+    names_class = clopper_pearson_lower(cautious[:, None] * sizes, sizes[None, :], alpha) >= 0.5
     enough = (radii >= radii[:, -1:] - tolerance) & (names_class | (predicted[:, -1:] < 0.5))
     enough[:, -1] = True  # all the draws left
     fresh_chunks = enough.argmax(axis=1) + 1
-    sizes = sizes[0]
     fresh = sample_chunks(
         images, seeds, Phase.ESTIMATION, n, batch_size,
         [range(pilot_chunks, pilot_chunks + int(c)) for c in fresh_chunks],
@@ -97,7 +94,7 @@ def certify_two_stage(
         Certificate(
             prediction=int(top[i]) if pa_lower[i] >= 0.5 else ABSTAIN, radius=float(radius[i]),
             pa_lower=float(pa_lower[i]), count=int(counts[i]), selection_count=int(selection[i, top[i]]),
-            samples=int(n0 + pilot_chunks * NOISE_CHUNK_SIZE + trials[i]),
+            samples=int(n0 + pilot_draws + trials[i]),
         )
         for i in range(everyone)
     ]
