@@ -9,6 +9,8 @@ On the same held-out images, the same seeds and the same alpha:
   - adaptive: ``Smoother.certify(..., tolerance=t)`` with the budget n = 100,000, for each of the adaptive
     mode's bounds (the sequences with bounds, and the two-stage rule): certified accuracy at each radius and
     ACR against the standard run's;
+  - standard/randomized: the standard run with the randomized Clopper-Pearson bound (``bound_seed``), on the
+    same draws; adaptive/two_stage/randomized/<t>: the two-stage rule with it;
   - floor: no run, Wald's bound on the samples any valid sequential test needs to certify what the standard
     run certified (``wald_floor``), so a target above it cannot be met on these images;
   - adaptive_floor: no run, the samples an adaptive radius would need for a certified-accuracy curve within
@@ -47,7 +49,7 @@ import numpy as np
 import torch
 
 from smoothing_hf import ABSTAIN, ImageClassificationTransform, SmoothedImageClassifier, derive_seed, load_image_dataset
-from smoothing_hf.certification import ADAPTIVE_CONFIDENCES, CONFIDENCE_SEQUENCES
+from smoothing_hf.certification import ADAPTIVE_CONFIDENCES, CONFIDENCE_SEQUENCES, TWO_STAGE
 from smoothing_hf.certification.bounds import clopper_pearson_lower, radius_from_bound, radius_threshold
 from smoothing_hf.files import write_json
 from smoothing_hf.noise import NOISE_CHUNK_SIZE
@@ -121,6 +123,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--group", type=int, default=10, help="Images per call (the pipeline's packing).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bound_seed", type=int, default=0, help="Seed of the randomized bound's uniforms.")
     parser.add_argument("--output", default="benchmarks/results/sample_efficiency.json")
     parser.add_argument("--replay", action="store_true",
                         help="Replay the sequential variants from the standard run's draws (no wall time of theirs).")
@@ -144,7 +147,9 @@ def main() -> None:
     smoother = model.smoother()
     common = dict(n0=args.n0, alpha=args.alpha, batch_size=args.batch_size)
 
-    variants = {"standard": lambda x, s: smoother.certify(x, n=args.n, seed=s, **common)}
+    variants = {"standard": lambda x, s: smoother.certify(x, n=args.n, seed=s, **common),
+                "standard/randomized": lambda x, s: smoother.certify(x, n=args.n, seed=s, bound_seed=args.bound_seed,
+                                                                     **common)}
     for confidence in CONFIDENCE_SEQUENCES:
         for futility in [None, *args.futilities]:
             name = f"radii/{confidence}" + ("" if futility is None else f"/futility{futility:g}")
@@ -156,6 +161,10 @@ def main() -> None:
             variants[f"adaptive/{confidence}/{tolerance:g}"] = lambda x, s, c=confidence, t=tolerance: smoother.certify(
                 x, n=args.n, seed=s, tolerance=t, confidence=c, **common
             )
+    for tolerance in args.tolerances:
+        variants[f"adaptive/{TWO_STAGE}/randomized/{tolerance:g}"] = lambda x, s, t=tolerance: smoother.certify(
+            x, n=args.n, seed=s, tolerance=t, confidence=TWO_STAGE, bound_seed=args.bound_seed, **common
+        )
     answers: dict[str, list] = {name: [] for name in variants}
     draws = RecordedDraws(smoother)
     run_record = {"model": os.path.abspath(args.model), "dataset": args.dataset_name, "indices": indices,
@@ -220,7 +229,7 @@ def summarize(args, sigma: float, indices: list[int], labels: np.ndarray, answer
                 "decisions_agreeing": float(np.mean(certified == reference)),
                 **costs(name, samples),
             }
-        elif name.startswith("adaptive/"):
+        elif name.startswith(("adaptive/", "standard/")):
             correct = np.array([c.prediction == y and c.prediction != ABSTAIN for c, y in zip(decisions, labels)])
             radii = np.array([c.radius for c in decisions])
             accuracy = accuracy_table(certified_at(correct, radii))
@@ -234,6 +243,7 @@ def summarize(args, sigma: float, indices: list[int], labels: np.ndarray, answer
     return {
         "model": os.path.abspath(args.model), "dataset": args.dataset_name, "split": "validation",
         "indices": indices, "num_images": len(indices), "sigma": sigma, "alpha": args.alpha, "radii": list(RADII),
+        "bound_seed": args.bound_seed,
         "batch_size": args.batch_size, "group": args.group, "replay": args.replay,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",

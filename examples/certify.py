@@ -117,6 +117,11 @@ class CertifyArguments:
         metadata={"help": "fixed_radius / radii modes: give up on a radius once certifying it by max_n is out of "
                   "reach at this level, in (0, 1), e.g. 0.05 (never certifies; the alpha guarantee is kept)."},
     )
+    bound_seed: int | None = field(
+        default=None,
+        metadata={"help": "certify mode, and adaptive with two_stage: the randomized Clopper-Pearson bound (never "
+                  "lower than the classical one), its uniforms drawn from this seed; recorded in settings.json."},
+    )
     update_model_card: bool = field(
         default=False,
         metadata={"help": "Write the results into the smoothing_config.json and README.md of --model_name_or_path "
@@ -157,8 +162,8 @@ def main() -> None:
         output_dir=args.output_dir, max_examples=args.max_examples, skip=args.skip, num_shards=args.num_shards,
         shard_index=args.shard_index, sample_parallel=args.sample_parallel, mode=args.mode, radius=args.radius,
         max_n=args.max_n, tolerance=args.tolerance, growth=args.growth, confidence=args.confidence,
-        futility=args.futility, radii=args.radii, precision=args.precision, channels_last=args.channels_last,
-        compile=args.compile,
+        futility=args.futility, bound_seed=args.bound_seed, radii=args.radii, precision=args.precision,
+        channels_last=args.channels_last, compile=args.compile,
         dataset_name=data_args.source, split=data_args.split,
     )
     if PartialState().is_main_process:

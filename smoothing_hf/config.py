@@ -9,7 +9,7 @@ import os
 import reprlib
 from dataclasses import dataclass, field
 
-from .checks import check_sigma, is_number
+from .checks import check_seed, check_sigma, is_number
 from .files import read_json, write_text
 from .input_modules import check_input_module_record
 from .space import INTERPOLATIONS, check_size, describe
@@ -48,6 +48,7 @@ CERTIFICATION_KEYS = {
     "clean_accuracy": "Accuracy of the smoothed classifier (certified accuracy at radius 0).",
     "space": "Where the radii live (smoothing_hf.space.describe), e.g. 'l2 in [0, 1] pixels of 32 x 32 x 3'.",
     "precision": "Precision of the base classifier's forward pass: 'fp32', 'bf16' or 'fp16' (autocast).",
+    "bound_seed": "Seed of the randomized Clopper-Pearson bound's uniforms, where pA_lower is that bound.",
 }
 """Keys allowed in ``SmoothingConfig.certification``; n0, n, alpha, num_examples, certified_accuracy and acr
 are required."""
@@ -251,6 +252,8 @@ def check_certification(values: object) -> dict:
     missing = [key for key in REQUIRED_CERTIFICATION_KEYS if values.get(key) is None]
     if missing:
         raise ValueError(f"`certification` must record {list(REQUIRED_CERTIFICATION_KEYS)}; missing {missing}")
+    if values.get("bound_seed") is not None:
+        check_seed(values["bound_seed"], "certification['bound_seed']")
     for key in ("n0", "n", "num_examples"):
         if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 1:
             raise ValueError(f"`certification['{key}']` must be a positive int, got {values[key]!r}")

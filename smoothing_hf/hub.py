@@ -241,7 +241,7 @@ def certification_record(
         "skip": settings.get("skip"), "num_examples": summary.get("num_examples"), "dataset": dataset_name,
         "split": split, "certified_accuracy": summary["certified_accuracy"], "acr": summary.get("acr"),
         "abstain_rate": summary.get("abstain_rate"), "clean_accuracy": summary.get("clean_accuracy"),
-        "space": space, "precision": settings.get("precision"),
+        "space": space, "precision": settings.get("precision"), "bound_seed": settings.get("bound_seed"),
     }
     return check_certification({key: value for key, value in record.items() if value is not None})
 

@@ -27,14 +27,14 @@ from .certification import (
     predictions_from_counts,
 )
 from .certification.two_stage import check_two_stage_budget
-from .checks import check_choice, check_number, check_positive_int, is_number
+from .checks import check_choice, check_number, check_positive_int, check_seed, is_number
 from .files import COHEN_COLUMNS
-from .noise import Phase
+from .noise import Phase, bound_uniforms
 from .reporting import summarize
 from .reporting.metrics import check_radii
 from .reporting.validation import radius_column
 
-MODE_OPTIONS = ("radius", "max_n", "tolerance", "confidence", "futility")
+MODE_OPTIONS = ("radius", "max_n", "tolerance", "confidence", "futility", "bound_seed")
 """Settings without a default in ``certify()``: given only to the modes that take them."""
 
 
@@ -44,12 +44,13 @@ class Mode:
     """One way of certifying a dataset.
 
     ``takes``: the sample settings it uses, among n0, n, radius, radii, max_n, tolerance, growth, confidence,
-    futility
-    (the others are recorded as None); a mode that takes radii has one 0/1 column per radius tested.
+    futility, bound_seed (the others are recorded as None); a mode that takes radii has one 0/1 column per radius
+    tested.
     ``decide(smoother, pixels, seeds, settings, batch_size)`` certifies a group of images;
-    ``row(decision, settings)`` gives its row's predict, radius and samples. ``from_counts`` (sample-parallel
-    modes only) makes the decisions from class counts summed over processes, one [B, K] array per
-    ``(phase, setting)`` of ``phases``. ``summarize(rows, settings, radii)`` gives the summary's figures."""
+    ``row(decision, settings)`` gives its row's predict, radius and samples. ``from_counts(counts, settings,
+    sigma, seeds)`` (sample-parallel modes only) makes the decisions from class counts summed over processes, one
+    [B, K] array per ``(phase, setting)`` of ``phases``. ``summarize(rows, settings, radii)`` gives the summary's
+    figures."""
 
     name: str
     tsv_name: str
@@ -59,7 +60,7 @@ class Mode:
     row: Callable[[Any, dict], dict]
     summarize: Callable[[list[dict], dict, Sequence[float]], dict]
     phases: tuple[tuple[Phase, str], ...] = ()
-    from_counts: Callable[[list[np.ndarray], dict, float], list] | None = None
+    from_counts: Callable[[list[np.ndarray], dict, float, list[int]], list] | None = None
     plots: bool = False
 
     def columns_for(self, settings: dict) -> tuple[str, ...]:
@@ -118,12 +119,15 @@ MODES = {
     mode.name: mode
     for mode in [
         Mode(
-            "certify", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS, ("n0", "n"),
+            "certify", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS, ("n0", "n", "bound_seed"),
             decide=lambda smoother, pixels, seeds, s, batch: smoother.certify(
-                pixels, n0=s["n0"], n=s["n"], alpha=s["alpha"], batch_size=batch, seed=seeds),
+                pixels, n0=s["n0"], n=s["n"], alpha=s["alpha"], batch_size=batch, seed=seeds,
+                bound_seed=s["bound_seed"]),
             row=_certificate_row, summarize=_radii_summary,
             phases=((Phase.SELECTION, "n0"), (Phase.ESTIMATION, "n")),
-            from_counts=lambda counts, s, sigma: certificates_from_counts(counts[0], counts[1], s["alpha"], sigma),
+            from_counts=lambda counts, s, sigma, seeds: certificates_from_counts(
+                counts[0], counts[1], s["alpha"], sigma,
+                None if s["bound_seed"] is None else bound_uniforms(s["bound_seed"], seeds)),
             plots=True,
         ),
         Mode(
@@ -132,7 +136,7 @@ MODES = {
                 pixels, n=s["n"], alpha=s["alpha"], batch_size=batch, seed=seeds),
             row=lambda prediction, s: {"predict": prediction, "samples": s["n"]}, summarize=_predict_summary,
             phases=((Phase.PREDICTION, "n"),),
-            from_counts=lambda counts, s, sigma: predictions_from_counts(counts[0], s["alpha"]),
+            from_counts=lambda counts, s, sigma, seeds: predictions_from_counts(counts[0], s["alpha"]),
         ),
         Mode(
             "fixed_radius", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS,
@@ -144,10 +148,10 @@ MODES = {
         ),
         Mode(
             "adaptive", "certify.tsv", COHEN_COLUMNS + OUR_COLUMNS,
-            ("n0", "tolerance", "max_n", "growth", "confidence"),
+            ("n0", "tolerance", "max_n", "growth", "confidence", "bound_seed"),
             decide=lambda smoother, pixels, seeds, s, batch: smoother.certify(
                 pixels, n0=s["n0"], n=s["max_n"], alpha=s["alpha"], batch_size=batch, seed=seeds,
-                tolerance=s["tolerance"], growth=s["growth"], confidence=s["confidence"]),
+                tolerance=s["tolerance"], growth=s["growth"], confidence=s["confidence"], bound_seed=s["bound_seed"]),
             row=_certificate_row, summarize=_radii_summary, plots=True,
         ),
         Mode(
@@ -185,12 +189,13 @@ def check_mode(
     radii: Sequence[float],
     sample_parallel: bool,
     futility: float | None = None,
+    bound_seed: int | None = None,
 ) -> Mode:
     """The ``MODES`` row of ``mode``, after checking the settings it takes (``smoothing_hf.pipeline.certify``'s
-    arguments); a setting without a default (radius, max_n, tolerance, confidence, futility) given to a mode that
-    does not take it is an error."""
+    arguments); a setting without a default (``MODE_OPTIONS``) given to a mode that does not take it is an error."""
     chosen = MODES[check_choice(mode, "mode", MODES)]
-    given = {"radius": radius, "max_n": max_n, "tolerance": tolerance, "confidence": confidence, "futility": futility}
+    given = {"radius": radius, "max_n": max_n, "tolerance": tolerance, "confidence": confidence, "futility": futility,
+             "bound_seed": bound_seed}
     unused = [name for name in MODE_OPTIONS if given[name] is not None and name not in chosen.takes]
     if unused:
         takers = sorted(m.name for m in MODES.values() if set(unused) & set(m.takes))
@@ -219,6 +224,11 @@ def check_mode(
         confidence = default_confidence(chosen) if confidence is None else confidence
         if check_confidence(confidence, needs_bounds="tolerance" in chosen.takes) == TWO_STAGE:
             check_two_stage_budget(max_n, "max_n")
+    if bound_seed is not None:
+        check_seed(bound_seed, "bound_seed")
+        if "confidence" in chosen.takes and confidence != TWO_STAGE:
+            raise ValueError(f"`bound_seed` (the randomized bound) applies to mode 'certify' and to mode={mode!r} with "
+                             f"confidence={TWO_STAGE!r}, got confidence={confidence!r}")
     if "futility" in chosen.takes:
         check_futility(futility)
     if "radii" in chosen.takes:

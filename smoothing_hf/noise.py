@@ -31,6 +31,7 @@ class Phase(enum.IntEnum):
     SELECTION = 0  # CERTIFY's n0 draws that choose the top class
     ESTIMATION = 1  # CERTIFY's n fresh draws that bound its probability
     PREDICTION = 2  # PREDICT's n draws
+    BOUND = 3  # not noise: the uniform of the randomized Clopper-Pearson bound (``bound_uniforms``)
 
 
 def derive_seed(*entropy: int) -> int:
@@ -52,6 +53,13 @@ def image_seeds(seed: int | Sequence[int], count: int, single: bool = False) -> 
         return seeds
     seed = check_seed(seed, "seed")
     return [seed] if single else [derive_seed(seed, i) for i in range(count)]
+
+
+def bound_uniforms(bound_seed: int, seeds: Sequence[int]) -> np.ndarray:
+    """One uniform in [0, 1) per image for the randomized Clopper-Pearson bound: image i's from (``bound_seed``,
+    its noise-stream seed ``seeds[i]``), so it is independent of every noise stream and of the batch: float64 [B]."""
+    bound_seed = check_seed(bound_seed, "bound_seed")
+    return np.array([np.random.default_rng([bound_seed, s, int(Phase.BOUND)]).random() for s in seeds])
 
 
 def chunk_sizes(num_samples: int) -> list[int]:

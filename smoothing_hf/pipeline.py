@@ -70,6 +70,7 @@ def certify(
     growth: float = 4.0,
     confidence: str | None = None,
     futility: float | None = None,
+    bound_seed: int | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
     compile: bool = False,
@@ -107,7 +108,9 @@ def certify(
             sequences with bounds or the two-stage rule; default ``DEFAULT_CONFIDENCE``, for "adaptive"
             ``DEFAULT_ADAPTIVE_CONFIDENCE``) are those of the sequential modes, which split images, not samples,
             over processes. ``futility`` (fixed_radius and radii modes): give up on a radius once certifying it by
-            max_n is out of reach at that level (``Smoother.certify_at_radii``).
+            max_n is out of reach at that level (``Smoother.certify_at_radii``). ``bound_seed`` (certify mode, and
+            adaptive mode with the two-stage rule): the randomized Clopper-Pearson bound in place of the classical
+            one, each example's uniform drawn from (bound_seed, its noise seed) (``Smoother.certify``).
         precision: the forward pass's precision, "fp32", "bf16" or "fp16" (``Smoother``): the certificates are for
             the classifier evaluated so; recorded in ``settings.json`` and checked on resume.
         channels_last, compile: how the forward pass runs (``Smoother``); like the batch size, not recorded.
@@ -122,7 +125,9 @@ def certify(
     Returns:
         The summary written to ``summary.json``.
     """
-    chosen = check_mode(mode, n0, n, radius, max_n, tolerance, growth, confidence, radii, sample_parallel, futility)
+    chosen = check_mode(
+        mode, n0, n, radius, max_n, tolerance, growth, confidence, radii, sample_parallel, futility, bound_seed
+    )
     _check_selection(skip, max_examples, num_shards, shard_index)
     alpha, seed, batch_size = check_alpha(alpha), check_seed(seed), check_positive_int(batch_size, "batch_size")
     for name, value in (("dataset_name", dataset_name), ("split", split)):
@@ -131,7 +136,7 @@ def certify(
     state = PartialState(cpu=not torch.cuda.is_available())
     given = {"n0": n0, "n": n, "radius": radius, "radii": check_radii_to_test(radii), "max_n": max_n,
              "tolerance": tolerance, "growth": growth, "confidence": confidence or default_confidence(chosen),
-             "futility": futility}
+             "futility": futility, "bound_seed": bound_seed}
     settings = {
         "mode": mode,
         "sigma": model.sigma,
@@ -331,7 +336,7 @@ def _decide(
         mine = range(state.process_index, len(chunk_sizes(settings[setting])), state.num_processes)
         local = smoother.sample_counts(images, seeds, phase, settings[setting], batch_size, chunks=mine)
         counts.append(reduce(torch.from_numpy(local).to(state.device), reduction="sum").cpu().numpy())
-    return chosen.from_counts(counts, settings, smoother.sigma)
+    return chosen.from_counts(counts, settings, smoother.sigma, seeds)
 
 
 def _finish(

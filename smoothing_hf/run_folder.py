@@ -40,6 +40,7 @@ RESUME_KEYS = (
     "growth",
     "confidence",
     "futility",
+    "bound_seed",
 )
 """Settings a resumed run must share with the folder's recorded ones. Batch size and process count may differ
 (rows do not depend on them); ``max_examples`` may grow (a finished run is extended) but not drop examples the

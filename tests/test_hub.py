@@ -222,6 +222,22 @@ def test_the_card_and_its_model_index_name_the_certification_space():
     assert "space" not in certification_record(config, older)  # an older summary records none: nor does the record
 
 
+def test_a_card_says_when_its_bound_is_the_randomized_one():
+    config = certified_config()
+    settings = {"n0": 100, "n": 10_000, "alpha": 0.001, "sigma": 0.25}
+    summary = {"certified_accuracy": {"0": 0.9, "0.5": 0.6}, "acr": 0.4, "num_examples": 50, "settings": settings}
+    config.certification = certification_record(config, summary)
+    assert "bound_seed" not in config.certification
+    assert "Clopper-Pearson lower bound of the top" in model_card(config, "user/m").text
+    config.certification = certification_record(config, {**summary, "settings": {**settings, "bound_seed": 7}})
+    assert config.certification["bound_seed"] == 7
+    text = model_card(config, "user/m").text
+    assert "randomized Clopper-Pearson lower bound (its uniforms from bound seed 7) of the top" in text
+    assert "for the classical bound." in text
+    with pytest.raises(ValueError, match=r"`certification\['bound_seed'\]`"):
+        check_certification({**config.certification, "bound_seed": -2})
+
+
 def test_a_card_without_results_or_hub_ids_has_no_model_index():
     config = SmoothingConfig(sigma=0.5, image_mean=[0.5], image_std=[0.5], base_model_name_or_path="/tmp/base",
                              peft_method="vpt")

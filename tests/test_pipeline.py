@@ -126,6 +126,27 @@ def test_resuming_radii_mode_with_other_radii_or_another_confidence_sequence_is_
     assert [r["idx"] for r in read_rows(tmp_path / "certify.tsv")] == [0, 1, 2]
 
 
+def test_the_randomized_bound_gives_the_smoothers_rows_whatever_the_batch_and_is_checked_on_resume(
+    model, dataset, reference, tmp_path
+):
+    summary = certify(model, dataset, output_dir=tmp_path / "a", bound_seed=4, **SETTINGS)
+    rows = rows_without_time(tmp_path / "a" / "certify.tsv")
+    certify(model, dataset, output_dir=tmp_path / "b", bound_seed=4, sample_parallel=True,
+            **{**SETTINGS, "batch_size": 50})
+    assert rows_without_time(tmp_path / "b" / "certify.tsv") == rows
+    pixels = torch.stack([item["pixel_values"] for item in dataset])
+    seeds = [derive_seed(SETTINGS["seed"], idx) for idx in range(len(dataset))]
+    answers = model.smoother().certify(pixels, n0=10, n=300, alpha=0.01, batch_size=256, seed=seeds, bound_seed=4)
+    assert [(r["predict"], r["radius"]) for r in rows] == [(c.prediction, c.radius) for c in answers]
+    assert all(r["radius"] >= classical["radius"] for r, classical in zip(rows, reference))
+    assert summary["settings"]["bound_seed"] == 4
+    assert summary["acr"] > np.mean([r["radius"] * r["correct"] for r in reference])
+    with pytest.raises(ValueError, match="bound_seed=4 there, 5 now"):
+        certify(model, dataset, output_dir=tmp_path / "a", bound_seed=5, **SETTINGS)
+    with pytest.raises(ValueError, match="bound_seed=4 there, None now"):
+        certify(model, dataset, output_dir=tmp_path / "a", **SETTINGS)
+
+
 def test_three_shards_merge_into_the_single_run(model, dataset, reference, tmp_path):
     shards = [tmp_path / f"shard-{i}" for i in range(3)]
     for index, folder in enumerate(shards):
@@ -210,6 +231,11 @@ def test_predict_mode_writes_predictions_with_abstentions(model, dataset, tmp_pa
         ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "futility": 0.05},
          r"\['futility'\] apply to mode 'fixed_radius' or 'radii' only"),
         ({"mode": "radii", "max_n": 500, "sample_parallel": True}, "splits images over processes"),
+        ({"bound_seed": -1}, "`bound_seed`"),
+        ({"mode": "radii", "max_n": 500, "bound_seed": 1},
+         r"\['bound_seed'\] apply to mode 'adaptive' or 'certify' only"),
+        ({"mode": "adaptive", "max_n": 500, "tolerance": 0.1, "confidence": "bonferroni", "bound_seed": 1},
+         "`bound_seed` .* applies to mode 'certify' and to mode='adaptive' with confidence='two_stage'"),
         ({"alpha": float("nan")}, "`alpha`"),
         ({"alpha": 1.0}, "`alpha`"),
         ({"seed": -1}, "`seed`"),
@@ -230,7 +256,7 @@ def test_bad_arguments_are_refused_before_anything_is_written(model, dataset, tm
 @pytest.mark.parametrize(
     "mode, option",
     [("fixed_radius", {"radius": 0.05}), ("adaptive", {"tolerance": 0.05}),
-     ("adaptive", {"tolerance": 0.05, "confidence": "bonferroni"}),
+     ("adaptive", {"tolerance": 0.05, "confidence": "bonferroni"}), ("adaptive", {"tolerance": 0.05, "bound_seed": 9}),
      ("radii", {"radii": [0.05, 0.0, 0.02]}), ("radii", {"radii": [0.02], "confidence": "bonferroni"}),
      ("radii", {"radii": [0.0, 0.02], "confidence": "one_sided", "futility": 0.1})],
 )
@@ -265,8 +291,10 @@ def test_sequential_modes_give_the_smoothers_answers_whatever_the_batch_size(mod
                                  *(f"certified_{r:g}" for r in radii), "samples", "pixel_digest"]
     else:
         answers = smoother.certify(pixels, n0=10, n=700, alpha=0.01, batch_size=256, seed=seeds, tolerance=0.05,
-                                   confidence=option.get("confidence", DEFAULT_ADAPTIVE_CONFIDENCE))
+                                   confidence=option.get("confidence", DEFAULT_ADAPTIVE_CONFIDENCE),
+                                   bound_seed=option.get("bound_seed"))
         assert summary["settings"]["confidence"] == option.get("confidence", DEFAULT_ADAPTIVE_CONFIDENCE)
+        assert summary["settings"]["bound_seed"] == option.get("bound_seed")
         expected = [(c.prediction, c.radius, c.samples) for c in answers]
     assert [(r["predict"], r["radius"], r["samples"]) for r in rows] == expected
     samples = [r["samples"] for r in rows]

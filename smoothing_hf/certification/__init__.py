@@ -1,7 +1,7 @@
 """The statistics core of randomized smoothing, free of Hugging Face: it takes any callable from [B, C, H, W]
 pixels to [B, K] logits.
 
-- ``bounds``: Clopper-Pearson bounds, Cohen's radius, the largest certifiable radius.
+- ``bounds``: Clopper-Pearson bounds (classical and randomized), Cohen's radius, the largest certifiable radius.
 - ``certificates``: ``Certificate``, ``RadiusDecision``, ``RadiiDecision``, ABSTAIN, PREDICT's and CERTIFY's
   decisions from counts.
 - ``smoother``: ``Smoother``, PREDICT and CERTIFY over seeded noise streams.
@@ -11,7 +11,13 @@ pixels to [B, K] logits.
 - ``two_stage``: the adaptive radius from a pilot that chooses n and a fixed-n Clopper-Pearson bound.
 """
 
-from .bounds import clopper_pearson_bounds, clopper_pearson_lower, largest_certifiable_radius, radius_from_bound
+from .bounds import (
+    clopper_pearson_bounds,
+    clopper_pearson_lower,
+    largest_certifiable_radius,
+    radius_from_bound,
+    randomized_clopper_pearson_lower,
+)
 from .certificates import (
     ABSTAIN,
     Certificate,
@@ -43,5 +49,6 @@ __all__ = [
     "ConfidenceSequence", "DEFAULT_ADAPTIVE_CONFIDENCE", "DEFAULT_CONFIDENCE", "RadiiDecision", "RadiusDecision",
     "Smoother", "TWO_STAGE", "certificates_from_counts", "check_confidence", "check_futility",
     "check_radii_to_test", "clopper_pearson_bounds", "clopper_pearson_lower", "confidence_sequence", "eval_mode",
-    "largest_certifiable_radius", "pilot_size", "predictions_from_counts", "radius_from_bound", "sample_schedule",
+    "largest_certifiable_radius", "pilot_size", "predictions_from_counts", "radius_from_bound",
+    "randomized_clopper_pearson_lower", "sample_schedule",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from ..checks import check_number
-from .bounds import clopper_pearson_lower, radius_from_bound
+from .bounds import lower_bound, radius_from_bound
 
 ABSTAIN = -1
 """The class index returned when the smoothed classifier abstains (its radius is 0.0)."""
@@ -97,10 +97,13 @@ def predictions_from_counts(counts: np.ndarray, alpha: float) -> list[int]:
 
 
 def certificates_from_counts(
-    selection_counts: np.ndarray, estimation_counts: np.ndarray, alpha: float, sigma: float
+    selection_counts: np.ndarray, estimation_counts: np.ndarray, alpha: float, sigma: float,
+    uniforms: np.ndarray | None = None,
 ) -> list[Certificate]:
     """CERTIFY's decision from class counts: [B, K] selection counts (n0 each) and [B, K] estimation counts
-    (n each, independent of the selection draws). Ties in selection go to the lowest class index."""
+    (n each, independent of the selection draws). Ties in selection go to the lowest class index. With
+    ``uniforms`` (one in [0, 1) per image, independent of the draws), pA_lower is the randomized Clopper-Pearson
+    bound (``bounds.randomized_clopper_pearson_lower``)."""
     selection_counts = np.asarray(selection_counts)
     estimation_counts = np.asarray(estimation_counts)
     n0 = selection_counts.sum(axis=1)
@@ -108,7 +111,7 @@ def certificates_from_counts(
     rows = np.arange(len(selection_counts))
     top = selection_counts.argmax(axis=1)
     count_a = estimation_counts[rows, top]
-    pa_lower = clopper_pearson_lower(count_a, n, alpha)
+    pa_lower = lower_bound(count_a, n, alpha, uniforms)
     certified = pa_lower >= 0.5
     radii = radius_from_bound(pa_lower, sigma)
     return [

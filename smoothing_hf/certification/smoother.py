@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..checks import check_alpha, check_number, check_pixel_range, check_positive_int, check_sigma
-from ..noise import Phase, chunk_sizes, image_seeds, noisy_batches
+from ..noise import Phase, bound_uniforms, chunk_sizes, image_seeds, noisy_batches
 from . import sequential
 from .certificates import (
     Certificate,
@@ -110,11 +110,8 @@ class Smoother:
         Returns:
             The class index or ``ABSTAIN`` for one image; a list of them for a batch.
         """
-        n, alpha, batch_size = (
-            check_positive_int(n, "n"),
-            check_alpha(alpha),
-            check_positive_int(batch_size, "batch_size"),
-        )
+        n, batch_size = check_positive_int(n, "n"), check_positive_int(batch_size, "batch_size")
+        alpha = check_alpha(alpha)
         images, seeds, single = self.prepare(x, seed)
         if n < math.log2(2 / alpha):
             warnings.warn(
@@ -138,6 +135,7 @@ class Smoother:
         tolerance: float | None = None,
         growth: float = 4.0,
         confidence: str = DEFAULT_ADAPTIVE_CONFIDENCE,
+        bound_seed: int | None = None,
     ) -> Certificate | list[Certificate]:
         """Cohen's CERTIFY: a class and an l2 radius within which the smoothed classifier is constant.
 
@@ -163,6 +161,9 @@ class Smoother:
                 its round sizes; finite, > 1).
             confidence: the adaptive mode's bound (``ADAPTIVE_CONFIDENCES``): "two_stage", the default (a pilot
                 picks each image's n, then Clopper-Pearson on fresh draws), or a sequence, "betting" or "bonferroni".
+            bound_seed: None (the default) for the classical Clopper-Pearson bound; an int seed for the randomized
+                one (never lower), its uniform for each image drawn from (bound_seed, the image's noise seed)
+                (``noise.bound_uniforms``): fixed n and "two_stage" only.
 
         Returns:
             A ``Certificate`` for one image; a list of them for a batch.
@@ -177,10 +178,13 @@ class Smoother:
             )
             if confidence == TWO_STAGE:
                 check_two_stage_budget(n)
+            elif bound_seed is not None:
+                raise ValueError(f"`bound_seed` applies to fixed n and confidence={TWO_STAGE!r}, got {confidence!r}")
         images, seeds, single = self.prepare(x, seed)
+        uniforms = None if bound_seed is None else bound_uniforms(bound_seed, seeds)
         if tolerance is not None:
             if confidence == TWO_STAGE:
-                rule = partial(certify_two_stage, n=n, alpha=alpha)
+                rule = partial(certify_two_stage, n=n, alpha=alpha, uniforms=uniforms)
             else:
                 rule = partial(sequential.certify_adaptive, sequence=confidence_sequence(confidence, alpha, n, growth))
             certificates = rule(
@@ -195,7 +199,7 @@ class Smoother:
             )
         selection = self.sample_counts(images, seeds, Phase.SELECTION, n0, batch_size)
         estimation = self.sample_counts(images, seeds, Phase.ESTIMATION, n, batch_size)
-        certificates = certificates_from_counts(selection, estimation, alpha, self.sigma)
+        certificates = certificates_from_counts(selection, estimation, alpha, self.sigma, uniforms)
         return certificates[0] if single else certificates
 
     def certify_at_radii(
@@ -246,9 +250,7 @@ class Smoother:
             A ``RadiiDecision`` for one image; a list of them for a batch.
         """
         radii = check_radii_to_test(radii)
-        n0, max_n, alpha, batch_size, sequence = self._sequential_settings(
-            n0, max_n, alpha, batch_size, growth, confidence
-        )
+        n0, max_n, alpha, batch_size, sequence = _sequential_settings(n0, max_n, alpha, batch_size, growth, confidence)
         futility = check_futility(futility)
         images, seeds, single = self.prepare(x, seed)
         decisions = sequential.certify_at_radii(
@@ -279,9 +281,7 @@ class Smoother:
             A ``RadiusDecision`` for one image; a list of them for a batch.
         """
         radius = check_number(radius, "radius", minimum=0, unit="l2, pixels in [0, 1]")
-        n0, max_n, alpha, batch_size, sequence = self._sequential_settings(
-            n0, max_n, alpha, batch_size, growth, confidence
-        )
+        n0, max_n, alpha, batch_size, sequence = _sequential_settings(n0, max_n, alpha, batch_size, growth, confidence)
         futility = check_futility(futility)
         images, seeds, single = self.prepare(x, seed)
         decisions = sequential.certify_at_radius(
@@ -289,16 +289,6 @@ class Smoother:
             futility=futility,
         )
         return decisions[0] if single else decisions
-
-    @staticmethod
-    def _sequential_settings(
-        n0: int, max_n: int, alpha: float, batch_size: int, growth: float, confidence: str
-    ) -> tuple[int, int, float, int, ConfidenceSequence]:
-        n0, max_n = check_positive_int(n0, "n0"), check_positive_int(max_n, "max_n")
-        if max_n < n0:
-            raise ValueError(f"`max_n` must be >= n0 = {n0}, got {max_n}")
-        alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
-        return n0, max_n, alpha, batch_size, confidence_sequence(confidence, alpha, max_n, growth)
 
     def sample_counts(
         self,
@@ -397,3 +387,12 @@ class Smoother:
                 return parameter.device
         return images.device
 
+
+def _sequential_settings(
+    n0: int, max_n: int, alpha: float, batch_size: int, growth: float, confidence: str
+) -> tuple[int, int, float, int, ConfidenceSequence]:
+    n0, max_n = check_positive_int(n0, "n0"), check_positive_int(max_n, "max_n")
+    if max_n < n0:
+        raise ValueError(f"`max_n` must be >= n0 = {n0}, got {max_n}")
+    alpha, batch_size = check_alpha(alpha), check_positive_int(batch_size, "batch_size")
+    return n0, max_n, alpha, batch_size, confidence_sequence(confidence, alpha, max_n, growth)

@@ -12,7 +12,8 @@ the whole alpha again:
    where the largest names the class, the size must name it too even at a cautious share, the pilot's
    (1 - ``CAUTION``) lower bound (from abstaining to a class is no small gain, and a size that names it only
    at the point estimate loses it on half the images);
-3. the next draws of the stream, as many as chosen, give pA_lower by exact one-sided Clopper-Pearson at alpha.
+3. the next draws of the stream, as many as chosen, give pA_lower by exact one-sided Clopper-Pearson at alpha
+   (or its randomized form, given one uniform per image).
 
 The size depends on the pilot draws alone, and those are independent of the fresh ones, so given the size the
 bound holds with probability >= 1 - alpha: the certificate has CERTIFY's guarantee. Measured against the
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from ..noise import NOISE_CHUNK_SIZE, Phase, chunk_sizes
-from .bounds import clopper_pearson_lower, radius_from_bound
+from .bounds import clopper_pearson_lower, lower_bound, radius_from_bound
 from .certificates import ABSTAIN, Certificate
 from .confidence import TWO_STAGE
 from .sequential import ChunkSampler, select_top_class
@@ -59,13 +60,13 @@ def check_two_stage_budget(n: int, name: str = "n") -> int:
 
 def certify_two_stage(
     sample_chunks: ChunkSampler, sigma: float, images: torch.Tensor, seeds: Sequence[int], *,
-    n0: int, n: int, alpha: float, batch_size: int, tolerance: float,
+    n0: int, n: int, alpha: float, batch_size: int, tolerance: float, uniforms: np.ndarray | None = None,
 ) -> list[Certificate]:
     """``Smoother.certify(..., tolerance=t, confidence="two_stage")`` on checked inputs (the module docstring;
     ``check_two_stage_budget`` passed).
     ``Certificate.count`` is cA's count among the fresh draws; ``samples`` is n0 + pilot + fresh draws. The
     draws are chunks of each image's estimation stream of length n, so they depend neither on the other images
-    nor on the batch size."""
+    nor on the batch size. ``uniforms`` (one per image) make the bound randomized Clopper-Pearson."""
     everyone = len(images)
     top, selection = select_top_class(sample_chunks, images, seeds, n0, batch_size)
     pilot_draws = pilot_size(n)
@@ -88,7 +89,7 @@ def certify_two_stage(
     )
     counts = np.array([c[:, top[i]].sum() for i, c in enumerate(fresh)])
     trials = sizes[fresh_chunks - 1]
-    pa_lower = clopper_pearson_lower(counts, trials, alpha)
+    pa_lower = lower_bound(counts, trials, alpha, uniforms)
     radius = radius_from_bound(pa_lower, sigma)
     return [
         Certificate(
