@@ -301,10 +301,12 @@ class SmoothedImageClassifier(torch.nn.Module):
         return self.smoother().predict(x, n=n, alpha=alpha, batch_size=batch_size, seed=seed)
 
     def certify(
-        self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, seed: int | Sequence[int] = 0
+        self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, seed: int | Sequence[int] = 0,
+        **options: Any,
     ) -> Certificate | list[Certificate]:
-        """Cohen's CERTIFY for [C, H, W] or [B, C, H, W] pixels in [0, 1]; see ``Smoother.certify``."""
-        return self.smoother().certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed)
+        """Cohen's CERTIFY for [C, H, W] or [B, C, H, W] pixels in [0, 1]; see ``Smoother.certify``, whose keyword
+        ``options`` (``tolerance``, ``growth``, ``confidence``, ``bound_seed``) pass through."""
+        return self.smoother().certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed, **options)
 
     def image_transform(self) -> PixelTransform:
         """The dataset transform for this model: pixels in [0, 1] at ``config.certify_size`` when the model

@@ -10,6 +10,7 @@ from PIL import Image
 from scipy.stats import norm
 
 from smoothing_hf import ABSTAIN, Certificate, SmoothedImageClassifier, SmoothingConfig
+from smoothing_hf.noise import bound_uniforms
 
 
 def test_from_pretrained_takes_the_normalization_from_the_image_processor(tiny_vit_dir):
@@ -55,6 +56,12 @@ def test_a_model_whose_noisy_prediction_is_constant_is_certified_at_the_maximal_
     prediction, radius, pa_lower, count, *_ = certificate
     assert (prediction, count) == (7, 100)
     assert radius == pytest.approx(0.5 * norm.ppf(0.001 ** (1 / 100)))
+    # The options of Smoother.certify pass through: the randomized bound, and the adaptive radius.
+    uniform = bound_uniforms(3, [0])[0]
+    randomized = model.certify(torch.rand(3, 28, 28), n0=10, n=100, alpha=0.001, batch_size=50, bound_seed=3)
+    assert randomized.pa_lower == pytest.approx((0.001 / max(uniform, 0.002)) ** (1 / 100))
+    adaptive = model.certify(torch.rand(3, 28, 28), n0=10, n=1000, alpha=0.001, batch_size=50, tolerance=0.05)
+    assert adaptive.prediction == 7 and adaptive.samples < 10 + 1000
 
 
 def test_peft_adapter_is_merged_into_a_copy_for_certification(tiny_vit_dir):

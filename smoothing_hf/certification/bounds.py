@@ -99,7 +99,8 @@ def radius_from_bound(pa_lower: np.ndarray, sigma: float) -> np.ndarray:
 
 def largest_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
     """The largest radius CERTIFY can give with ``n`` estimation samples at ``alpha``: all n on the top class
-    give pA_lower = alpha^(1/n), so the radius is sigma * Phi^-1(alpha^(1/n)) (l2, [0, 1] pixel units)."""
+    give pA_lower = alpha^(1/n), so the radius is sigma * Phi^-1(alpha^(1/n)) (l2, [0, 1] pixel units). That is
+    the classical bound's; the randomized one reaches up to sigma * Phi^-1((1/2)^(1/n))."""
     n, alpha, sigma = check_positive_int(n, "n"), check_alpha(alpha), check_sigma(sigma)
     return float(radius_from_bound(clopper_pearson_lower(n, n, alpha), sigma))
 
