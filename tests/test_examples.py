@@ -91,9 +91,10 @@ def test_train_blackbox_then_certify(tiny_vit_gray_dir, tmp_path):
     assert model.input_module.options["encoder_name_or_path"] == str(output / "encoder")
 
     run_example("certify.py", "--model_name_or_path", output, "--dataset_name", "embedded:digits", "--n0", 10,
-                "--n", 50, "--alpha", 0.01, "--batch_size", 64, "--max_examples", 3, "--output_dir", output / "certify")
+                "--n", 50, "--alpha", 0.01, "--batch_size", 64, "--max_examples", 3, "--output_dir", output / "certify",
+                "--bound_seed", 2)
     summary = json.loads((output / "certify" / "summary.json").read_text())
-    assert summary["num_examples"] == 3
+    assert summary["num_examples"] == 3 and summary["settings"]["bound_seed"] == 2
 
 
 def test_train_base_with_the_same_seed_saves_the_same_weights(tmp_path):
