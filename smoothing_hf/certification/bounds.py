@@ -52,11 +52,17 @@ def randomized_clopper_pearson_lower(
     low = clopper_pearson_lower(successes, trials, alpha)  # tail(low) <= alpha
     high = np.where(successes < trials, clopper_pearson_lower(successes + 1, trials, alpha), 1.0)  # >= alpha
     reached = tail(low) >= alpha  # no successes and U >= alpha: the bound is 0
+    return np.where(reached, 0.0, bisect_boundary(lambda p: tail(p) < alpha, low, high))
+
+
+def bisect_boundary(excluded, outside: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Bisect, elementwise, between points ``outside`` a set (where ``excluded`` is True) and ``inside`` it;
+    return the last point found outside (so a lower bound errs low and an upper bound high)."""
     for _ in range(_BISECTION_STEPS):
-        middle = (low + high) / 2
-        below = tail(middle) < alpha
-        low, high = np.where(below, middle, low), np.where(below, high, middle)
-    return np.where(reached, 0.0, high)
+        middle = (outside + inside) / 2
+        out = excluded(middle)
+        outside, inside = np.where(out, middle, outside), np.where(out, inside, middle)
+    return outside
 
 
 def lower_bound(
