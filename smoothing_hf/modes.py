@@ -126,8 +126,7 @@ MODES = {
             row=_certificate_row, summarize=_radii_summary,
             phases=((Phase.SELECTION, "n0"), (Phase.ESTIMATION, "n")),
             from_counts=lambda counts, s, sigma, seeds: certificates_from_counts(
-                counts[0], counts[1], s["alpha"], sigma,
-                None if s["bound_seed"] is None else bound_uniforms(s["bound_seed"], seeds)),
+                counts[0], counts[1], s["alpha"], sigma, bound_uniforms(s["bound_seed"], seeds)),
             plots=True,
         ),
         Mode(

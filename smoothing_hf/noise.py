@@ -55,9 +55,12 @@ def image_seeds(seed: int | Sequence[int], count: int, single: bool = False) -> 
     return [seed] if single else [derive_seed(seed, i) for i in range(count)]
 
 
-def bound_uniforms(bound_seed: int, seeds: Sequence[int]) -> np.ndarray:
+def bound_uniforms(bound_seed: int | None, seeds: Sequence[int]) -> np.ndarray | None:
     """One uniform in [0, 1) per image for the randomized Clopper-Pearson bound: image i's from (``bound_seed``,
-    its noise-stream seed ``seeds[i]``), so it is independent of every noise stream and of the batch: float64 [B]."""
+    its noise-stream seed ``seeds[i]``), so it is independent of every noise stream and of the batch: float64 [B].
+    None (the classical bound) where ``bound_seed`` is None."""
+    if bound_seed is None:
+        return None
     bound_seed = check_seed(bound_seed, "bound_seed")
     return np.array([np.random.default_rng([bound_seed, s, int(Phase.BOUND)]).random() for s in seeds])
 

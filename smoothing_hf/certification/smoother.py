@@ -181,7 +181,7 @@ class Smoother:
             elif bound_seed is not None:
                 raise ValueError(f"`bound_seed` applies to fixed n and confidence={TWO_STAGE!r}, got {confidence!r}")
         images, seeds, single = self.prepare(x, seed)
-        uniforms = None if bound_seed is None else bound_uniforms(bound_seed, seeds)
+        uniforms = bound_uniforms(bound_seed, seeds)
         if tolerance is not None:
             if confidence == TWO_STAGE:
                 rule = partial(certify_two_stage, n=n, alpha=alpha, uniforms=uniforms)
